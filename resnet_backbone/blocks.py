@@ -1,0 +1,231 @@
+"""Residual blocks: BasicBlock, Bottleneck and their pre-activation twins.
+
+Every block computes ``relu(F(x) + shortcut(x))`` (post-activation) or
+``F(x) + shortcut(x)`` with BN-ReLU inside F (pre-activation). Child names
+(``conv1``, ``bn1``, ``downsample.0``…) match MMDetection and torchvision.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import build_conv_layer, build_plugin_layer
+from mmengine.model import BaseModule
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .dcn import DeformConv2dPack, parse_dcn_cfg
+from .fusion import conv_norm
+from .norms import build_norm
+
+PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
+
+
+class ResidualBlock(BaseModule):
+    """What every block shares: norms by position, plugins, checkpointing."""
+
+    expansion = 1
+    num_convs = 2
+
+    def __init__(self, with_cp=False, plugins=None, init_cfg=None):
+        super().__init__(init_cfg)
+        self.with_cp = with_cp
+        self.plugin_names = {pos: [] for pos in PLUGIN_POSITIONS}
+        self._plugin_cfgs = plugins or []
+
+    def norm(self, index):
+        return getattr(self, self.norm_names[index - 1])
+
+    @property
+    def norm1(self):
+        return self.norm(1)
+
+    @property
+    def norm2(self):
+        return self.norm(2)
+
+    @property
+    def last_norm(self):
+        """The norm whose zero init makes the block an identity map."""
+        return self.norm(self.num_convs)
+
+    def add_norms(self, norm_cfg, channels):
+        self.norm_names = []
+        for i, c in enumerate(channels, start=1):
+            name, layer = build_norm(norm_cfg, c, postfix=i)
+            self.add_module(name, layer)
+            self.norm_names.append(name)
+
+    def add_plugins(self, channels_at):
+        allowed = PLUGIN_POSITIONS[:self.num_convs]
+        for plugin in self._plugin_cfgs:
+            position = plugin['position']
+            if position not in allowed:
+                raise ValueError(f"plugins position={position!r} is not available in "
+                                 f"{type(self).__name__}; allowed: {', '.join(allowed)}")
+            cfg = dict(plugin['cfg'])
+            name, layer = build_plugin_layer(cfg, in_channels=channels_at[position],
+                                             postfix=cfg.pop('postfix', ''))
+            if hasattr(self, name):
+                raise ValueError(f'plugins: two plugins would both be named {name!r}; give '
+                                 "them different 'postfix' values")
+            self.add_module(name, layer)
+            self.plugin_names[position].append(name)
+        del self._plugin_cfgs
+
+    def run_plugins(self, x, position):
+        for name in self.plugin_names[position]:
+            x = getattr(self, name)(x)
+        return x
+
+    def shortcut(self, x):
+        if self.downsample is None:
+            return x
+        *pool, conv, norm = self.downsample
+        for p in pool:
+            x = p(x)
+        return conv_norm(x, conv, norm)
+
+    def residual(self, x):
+        raise NotImplementedError
+
+    def _needs_grad(self, x):
+        return x.requires_grad or any(p.requires_grad for p in self.parameters())
+
+    def forward(self, x):
+        if self.with_cp and torch.is_grad_enabled() and self._needs_grad(x):
+            return checkpoint(self.residual, x, use_reentrant=False)
+        return self.residual(x)
+
+
+def make_conv3x3(conv_cfg, dcn, in_channels, out_channels, stride, dilation, groups):
+    """A 3x3 conv, deformable when ``dcn`` is set (and not falling back on stride)."""
+    if dcn is not None:
+        modulated, kwargs, fallback_on_stride = parse_dcn_cfg(dcn)
+        if not (fallback_on_stride and stride > 1):
+            if conv_cfg is not None:
+                raise ValueError(f'conv_cfg={conv_cfg!r} cannot be combined with dcn; '
+                                 'set conv_cfg=None for DCN stages')
+            return DeformConv2dPack(in_channels, out_channels, 3, stride=stride,
+                                    padding=dilation, dilation=dilation, groups=groups,
+                                    modulated=modulated, **kwargs)
+    return build_conv_layer(conv_cfg, in_channels, out_channels, 3, stride=stride,
+                            padding=dilation, dilation=dilation, groups=groups, bias=False)
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convs (ResNet-18/34). With ``dcn``, conv2 is deformable."""
+
+    expansion = 1
+    num_convs = 2
+
+    def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None, style='pytorch',
+                 with_cp=False, conv_cfg=None, norm_cfg=dict(type='BN'), dcn=None, plugins=None,
+                 groups=1, base_width=4, base_channels=64, widen_factor=1, init_cfg=None):
+        super().__init__(with_cp, plugins, init_cfg)
+        if groups != 1 or widen_factor != 1:
+            raise ValueError(f'BasicBlock supports only groups=1 and widen_factor=1, got '
+                             f'groups={groups}, widen_factor={widen_factor}; use a Bottleneck '
+                             'depth (50/101/152) for ResNeXt and Wide ResNet')
+        self.stride, self.dilation = stride, dilation
+        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride,
+                                      padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = make_conv3x3(conv_cfg, dcn, planes, planes, 1, 1, 1)
+        self.add_norms(norm_cfg, self.norm_channels(inplanes, planes))
+        self.downsample = downsample
+        self.add_plugins({'after_conv1': planes, 'after_conv2': planes})
+
+    def norm_channels(self, inplanes, planes):
+        return planes, planes
+
+    def residual(self, x):
+        out = F.relu(conv_norm(x, self.conv1, self.norm1), inplace=True)
+        out = self.run_plugins(out, 'after_conv1')
+        out = conv_norm(out, self.conv2, self.norm2)
+        out = self.run_plugins(out, 'after_conv2')
+        return F.relu(out + self.shortcut(x), inplace=True)
+
+
+def bottleneck_width(planes, groups, base_width, base_channels, widen_factor):
+    """Width of the 3x3 conv: ResNet ``planes``, ResNeXt ``floor(planes*bw/bc)*groups``."""
+    width = planes if groups == 1 else math.floor(planes * base_width / base_channels) * groups
+    return width * widen_factor
+
+
+class Bottleneck(ResidualBlock):
+    """1x1 -> 3x3 -> 1x1 (ResNet-50/101/152, ResNeXt, Wide ResNet).
+
+    ``style='pytorch'`` strides the 3x3 conv, ``'caffe'`` the first 1x1.
+    """
+
+    expansion = 4
+    num_convs = 3
+
+    def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None, style='pytorch',
+                 with_cp=False, conv_cfg=None, norm_cfg=dict(type='BN'), dcn=None, plugins=None,
+                 groups=1, base_width=4, base_channels=64, widen_factor=1, init_cfg=None):
+        super().__init__(with_cp, plugins, init_cfg)
+        width = bottleneck_width(planes, groups, base_width, base_channels, widen_factor)
+        out_channels = planes * self.expansion
+        self.stride, self.dilation, self.style = stride, dilation, style
+        conv1_stride, conv2_stride = (1, stride) if style == 'pytorch' else (stride, 1)
+        self.conv1 = build_conv_layer(conv_cfg, inplanes, width, 1, stride=conv1_stride,
+                                      bias=False)
+        self.conv2 = make_conv3x3(conv_cfg, dcn, width, width, conv2_stride, dilation, groups)
+        self.conv3 = build_conv_layer(conv_cfg, width, out_channels, 1, bias=False)
+        self.add_norms(norm_cfg, self.norm_channels(inplanes, width, out_channels))
+        self.downsample = downsample
+        self.add_plugins({'after_conv1': width, 'after_conv2': width,
+                          'after_conv3': out_channels})
+
+    def norm_channels(self, inplanes, width, out_channels):
+        return width, width, out_channels
+
+    @property
+    def norm3(self):
+        return self.norm(3)
+
+    def residual(self, x):
+        out = F.relu(conv_norm(x, self.conv1, self.norm1), inplace=True)
+        out = self.run_plugins(out, 'after_conv1')
+        out = F.relu(conv_norm(out, self.conv2, self.norm2), inplace=True)
+        out = self.run_plugins(out, 'after_conv2')
+        out = conv_norm(out, self.conv3, self.norm3)
+        out = self.run_plugins(out, 'after_conv3')
+        return F.relu(out + self.shortcut(x), inplace=True)
+
+
+class PreActMixin:
+    """Pre-activation (He et al. 2016, "Identity Mappings"): BN-ReLU-conv branches.
+
+    The identity path is untouched; a projection shortcut takes the
+    pre-activated input, as in the paper's reference code. ``downsample``
+    holds the conv alone (no norm).
+    """
+
+    def shortcut(self, x):
+        if self.downsample is None:
+            return x
+        for layer in self.downsample:
+            x = layer(x)
+        return x
+
+    def residual(self, x):
+        pre = F.relu(self.norm(1)(x))
+        shortcut = x if self.downsample is None else self.shortcut(pre)
+        out = pre
+        for i in range(1, self.num_convs + 1):
+            if i > 1:
+                out = F.relu(self.norm(i)(out))
+            out = getattr(self, f'conv{i}')(out)
+            out = self.run_plugins(out, PLUGIN_POSITIONS[i - 1])
+        return out + shortcut
+
+
+class PreActBasicBlock(PreActMixin, BasicBlock):
+    def norm_channels(self, inplanes, planes):
+        return inplanes, planes
+
+
+class PreActBottleneck(PreActMixin, Bottleneck):
+    def norm_channels(self, inplanes, width, out_channels):
+        return inplanes, width, width

@@ -1,0 +1,44 @@
+"""Conv + BatchNorm folding, on the fly and permanent (``fuse``).
+
+A BN that normalises with running statistics (eval mode, ``norm_eval`` or
+frozen stages) is a per-channel affine map, so ``bn(conv(x, W))`` equals
+``conv(x, W * s) + b``. Folding saves one full pass over the activation in
+the forward and in the backward, and the gradients of W, gamma and beta still
+flow through ``W * s`` and ``b``.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .norms import eval_bn_scale_and_shift
+
+
+def _foldable_conv(conv):
+    return type(conv) is nn.Conv2d and conv.padding_mode == 'zeros'
+
+
+def conv_norm(x, conv, norm):
+    """``norm(conv(x))``, computed as one biased conv when the norm allows it."""
+    if _foldable_conv(conv):
+        affine = eval_bn_scale_and_shift(norm)
+        if affine is not None:
+            scale, shift = affine
+            weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return norm(conv(x))
+
+
+@torch.no_grad()
+def fold_conv_bn(conv, norm):
+    """Return a new ``nn.Conv2d`` equal to ``norm(conv(.))`` for an eval-mode BN."""
+    affine = eval_bn_scale_and_shift(norm)
+    if affine is None or not _foldable_conv(conv):
+        return None
+    scale, shift = affine
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    fused.bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
+    return fused

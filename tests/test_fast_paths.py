@@ -1,0 +1,100 @@
+"""Fast paths: BN folding, fuse(), channels_last and torch.compile, all exact within float tolerance."""
+import copy
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from helpers import max_diff, paired, randomize
+from resnet_backbone import ResNetBackbone
+from resnet_backbone.fusion import conv_norm
+
+
+def rel_diff(outs, refs):
+    return max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(outs, refs))
+
+
+def test_eval_bn_is_folded_into_conv():
+    """No BatchNorm runs in eval mode: every BN is folded into its conv."""
+    model = randomize(ResNetBackbone(depth=50, base_channels=16)).eval()
+    called = []
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.register_forward_hook(lambda *a: called.append(1))
+    model(torch.randn(1, 3, 64, 64))
+    assert not called
+
+
+def test_frozen_stages_store_no_activations_and_skip_bn():
+    model = randomize(ResNetBackbone(depth=18, frozen_stages=1, norm_eval=False)).train()
+    bn_calls = []
+    for name, m in model.named_modules():
+        if isinstance(m, _BatchNorm):
+            m.register_forward_hook(lambda mod, i, o, n=name: bn_calls.append(n))
+    out = model(torch.randn(2, 3, 64, 64))
+    assert bn_calls and not any(n.startswith(('bn1', 'layer1.')) for n in bn_calls)
+    stem_and_c2 = model.layer1(model.maxpool(torch.relu(model.bn1(model.conv1(
+        torch.randn(1, 3, 32, 32))))))
+    assert stem_and_c2.grad_fn is None  # frozen part records no graph
+    assert out[0].grad_fn is None and out[1].grad_fn is not None
+
+
+def test_norm_eval_training_folds_with_same_gradients():
+    """Train step with norm_eval: folded BN gives mmdet's parameter gradients."""
+    cfg = dict(type='ResNet', depth=50, base_channels=16, frozen_stages=1, norm_eval=True)
+    ref, ours = paired(cfg)
+    ref, ours = ref.double(), ours.double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    for m in (ref, ours):
+        m.train()
+        sum((o * o).mean() for o in m(x)).backward()
+    grads = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[name].grad, p.grad, rtol=1e-7, atol=1e-9), name
+
+
+@pytest.mark.parametrize('deep_stem', [False, True])
+def test_fuse_matches_and_refuses_training(deep_stem):
+    model = randomize(ResNetBackbone(depth=50, base_channels=16, deep_stem=deep_stem,
+                                     avg_down=deep_stem)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        fused = copy.deepcopy(model).fuse()
+        out = fused(x)
+    assert not any(isinstance(m, _BatchNorm) for m in fused.modules())
+    assert rel_diff(out, ref) < 1e-4
+    with pytest.raises(RuntimeError, match='fused'):
+        fused.train()
+
+
+def test_channels_last_end_to_end():
+    model = randomize(ResNetBackbone(depth=50, base_channels=16)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        out = cl(x.contiguous(memory_format=torch.channels_last))
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
+    assert max_diff(out, ref) < 1e-4
+
+
+def test_conv_norm_falls_back_for_training_bn():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1, bias=False)
+    bn = torch.nn.BatchNorm2d(4).train()
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(conv_norm(x, conv, bn), bn(conv(x)))
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(with_cp=True), dict(frozen_stages=2)],
+                         ids=['plain', 'with_cp', 'frozen'])
+def test_compile_fullgraph(kw):
+    torch._dynamo.reset()
+    model = randomize(ResNetBackbone(depth=18, base_channels=8, **kw)).train()
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    x = torch.randn(2, 3, 64, 64)
+    outs = compiled(x)
+    sum(o.mean() for o in outs).backward()
+    ref = model(x)
+    assert max_diff(outs, ref) < 1e-5

@@ -3,6 +3,7 @@ from .backbone import ResNetBackbone
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from .dcn import DeformConv2dPack
 from .norms import FrozenBatchNorm2d
+from . import runtime  # noqa: F401  (safe resume allowlist, atomic checkpoints)
 from .presets import (ResNet50D, ResNetV1dBackbone, ResNeXt101_32x4d, ResNeXt101_64x4d,
                       ResNeXtBackbone, WideResNet50_2)
 

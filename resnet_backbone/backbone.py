@@ -4,6 +4,7 @@ One class covers ResNet (B, C, D), ResNeXt, Wide ResNet and pre-activation
 ResNet through orthogonal arguments; constructor names, defaults and
 state-dict keys follow MMDetection's ``ResNet``.
 """
+import math
 import warnings
 
 import torch
@@ -96,6 +97,11 @@ class ResNetBackbone(BaseModule):
         preact (bool): pre-activation blocks; every output gets a BN-ReLU.
         out_stem (bool): also return the stem output (stride 2), first.
         check_finite (bool): raise on NaN/Inf in the input (debug aid).
+        channels_last (bool | str): run convs in channels_last. ``'auto'``
+            (default) does so on CPU, where oneDNN is faster with it, and not on
+            CUDA, where fp32 cuDNN is faster in NCHW; ``True``/``False`` force it.
+            Outputs come back in the input's memory format, so NCHW consumers
+            (mmcv's RoIAlign) stay correct.
     """
 
     arch_settings = ARCH_SETTINGS
@@ -130,7 +136,8 @@ class ResNetBackbone(BaseModule):
                  widen_factor=1,
                  preact=False,
                  out_stem=False,
-                 check_finite=False):
+                 check_finite=False,
+                 channels_last='auto'):
         if init_cfg is not None and pretrained is not None:
             raise ValueError('pass either init_cfg or pretrained, not both (pretrained is '
                              'deprecated: use init_cfg=dict(type="Pretrained", checkpoint=...))')
@@ -173,6 +180,9 @@ class ResNetBackbone(BaseModule):
                             ('zero_init_residual', zero_init_residual), ('preact', preact),
                             ('out_stem', out_stem), ('check_finite', check_finite)):
             check_bool(name, value)
+        if channels_last not in (True, False, 'auto'):
+            raise ValueError(f"channels_last={channels_last!r} is not supported; allowed: "
+                             "True, False, 'auto'")
         _check_norm_cfg(norm_cfg)
         if dcn is not None:
             parse_dcn_cfg(dcn)
@@ -210,6 +220,7 @@ class ResNetBackbone(BaseModule):
         self.preact = preact
         self.out_stem = out_stem
         self.check_finite = check_finite
+        self.channels_last = channels_last
         self.fused = False
 
         add_stem(self, in_channels, stem_channels, deep_stem, conv_cfg, norm_cfg)
@@ -229,9 +240,37 @@ class ResNetBackbone(BaseModule):
             self.post_norms = nn.ModuleDict({
                 f'layer{i + 1}': build_norm(norm_cfg, self.stage_channels(i))[1]
                 for i in out_indices})
+        self._sync_weight_format()
         self._freeze_stages()
 
     # ----------------------------------------------------------------- build
+    def uses_channels_last(self, device):
+        return self.channels_last is True or (self.channels_last == 'auto'
+                                              and torch.device(device).type == 'cpu')
+
+    def _sync_weight_format(self):
+        weight = self.conv1.weight if not self.deep_stem else self.stem[0].weight
+        cl = self.uses_channels_last(weight.device)
+        if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) != cl:
+            self.convert_conv_weights(torch.channels_last if cl else torch.contiguous_format)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .cuda()/.to(): store conv weights in the layout the new device prefers
+        out = super()._apply(fn, *args, **kwargs)
+        self._sync_weight_format()
+        return out
+
+    @torch.no_grad()
+    def convert_conv_weights(self, memory_format):
+        """Store plain and deformable conv weights in ``memory_format``.
+
+        Convs built from other conv_cfg types (e.g. ConvWS, which views its
+        weight as 2-D) keep their layout.
+        """
+        for m in self.modules():
+            if type(m) is nn.Conv2d or isinstance(m, DeformConv2dPack):
+                m.weight.data = m.weight.data.contiguous(memory_format=memory_format)
+
     def stage_channels(self, i):
         return self.base_channels * 2**i * self.block.expansion
 
@@ -290,6 +329,11 @@ class ResNetBackbone(BaseModule):
             if i in self.out_indices:
                 shapes[f'c{i + 2}'] = dict(channels=self.stage_channels(i), stride=stride)
         return shapes
+
+    @property
+    def total_stride(self):
+        """Stride of the last stage's output."""
+        return 4 * math.prod(self.strides)
 
     # --------------------------------------------------------------- freezing
     def frozen_modules(self):
@@ -373,11 +417,28 @@ class ResNetBackbone(BaseModule):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'input has {x.shape[1]} channels (shape {tuple(x.shape)}), but '
                              f'in_channels={self.in_channels}')
+        stride = self.total_stride
+        if x.shape[2] < stride or x.shape[3] < stride:
+            raise ValueError(f'input is {x.shape[2]}x{x.shape[3]}, smaller than the total stride '
+                             f'{stride} of this backbone, so its last stage would see only '
+                             f'padding; resize or pad images to at least {stride}x{stride} '
+                             f'(MMDetection: data_preprocessor pad_size_divisor={stride})')
         if self.check_finite and not torch.isfinite(x).all():
             raise ValueError('input contains NaN or Inf (check_finite=True)')
 
     def forward(self, x):
         self.check_input(x)
+        keep_channels_last = x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous()
+        channels_last = self.uses_channels_last(x.device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outs = self.forward_features(x)
+        if channels_last and not keep_channels_last:
+            outs = tuple(o.contiguous() for o in outs)
+        return outs
+
+    def forward_features(self, x):
         outs = []
         x = forward_stem(self, x)
         if self.out_stem:
@@ -422,6 +483,7 @@ class ResNetBackbone(BaseModule):
             if fused is not None:
                 conv_owner._modules[conv_name] = fused
                 norm_owner._modules[norm_name] = nn.Identity()
+        self._sync_weight_format()
         self.fused = True
         return self
 

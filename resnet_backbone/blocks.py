@@ -48,11 +48,13 @@ class ResidualBlock(BaseModule):
         """The norm whose zero init makes the block an identity map."""
         return self.norm(self.num_convs)
 
-    def add_norms(self, norm_cfg, channels):
+    def add_convs_and_norms(self, convs, norm_cfg, norm_channels):
+        """Register conv1, norm1, conv2, norm2… in MMDetection's order (keys and their order)."""
         self.norm_names = []
-        for i, c in enumerate(channels, start=1):
-            name, layer = build_norm(norm_cfg, c, postfix=i)
-            self.add_module(name, layer)
+        for i, (conv, c) in enumerate(zip(convs, norm_channels), start=1):
+            name, norm = build_norm(norm_cfg, c, postfix=i)
+            self.add_module(f'conv{i}', conv)
+            self.add_module(name, norm)
             self.norm_names.append(name)
 
     def add_plugins(self, channels_at):
@@ -127,10 +129,10 @@ class BasicBlock(ResidualBlock):
                              f'groups={groups}, widen_factor={widen_factor}; use a Bottleneck '
                              'depth (50/101/152) for ResNeXt and Wide ResNet')
         self.stride, self.dilation = stride, dilation
-        self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride,
-                                      padding=dilation, dilation=dilation, bias=False)
-        self.conv2 = make_conv3x3(conv_cfg, dcn, planes, planes, 1, 1, 1)
-        self.add_norms(norm_cfg, self.norm_channels(inplanes, planes))
+        conv1 = build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride, padding=dilation,
+                                 dilation=dilation, bias=False)
+        conv2 = make_conv3x3(conv_cfg, dcn, planes, planes, 1, 1, 1)
+        self.add_convs_and_norms((conv1, conv2), norm_cfg, self.norm_channels(inplanes, planes))
         self.downsample = downsample
         self.add_plugins({'after_conv1': planes, 'after_conv2': planes})
 
@@ -168,11 +170,11 @@ class Bottleneck(ResidualBlock):
         out_channels = planes * self.expansion
         self.stride, self.dilation, self.style = stride, dilation, style
         conv1_stride, conv2_stride = (1, stride) if style == 'pytorch' else (stride, 1)
-        self.conv1 = build_conv_layer(conv_cfg, inplanes, width, 1, stride=conv1_stride,
-                                      bias=False)
-        self.conv2 = make_conv3x3(conv_cfg, dcn, width, width, conv2_stride, dilation, groups)
-        self.conv3 = build_conv_layer(conv_cfg, width, out_channels, 1, bias=False)
-        self.add_norms(norm_cfg, self.norm_channels(inplanes, width, out_channels))
+        convs = (build_conv_layer(conv_cfg, inplanes, width, 1, stride=conv1_stride, bias=False),
+                 make_conv3x3(conv_cfg, dcn, width, width, conv2_stride, dilation, groups),
+                 build_conv_layer(conv_cfg, width, out_channels, 1, bias=False))
+        self.add_convs_and_norms(convs, norm_cfg,
+                                 self.norm_channels(inplanes, width, out_channels))
         self.downsample = downsample
         self.add_plugins({'after_conv1': width, 'after_conv2': width,
                           'after_conv3': out_channels})

@@ -17,6 +17,7 @@ back to the input's dtype.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
@@ -147,10 +148,17 @@ def deform_conv(x, offset, mask, weight, bias, stride, padding, dilation, groups
 def _mmcv_deform_conv(x, offset, mask, weight, bias, stride, padding, dilation, groups,
                       deform_groups):
     from mmcv.ops import deform_conv2d, modulated_deform_conv2d
-    x, offset = x.contiguous(), offset.contiguous()
+    x, offset, weight = x.contiguous(), offset.contiguous(), weight.contiguous()
     if mask is None:
+        # mmcv's DCNv1 kernel rejects maps smaller than the kernel: zero-pad, then crop
+        pad_h, pad_w = (max(k - s, 0) for k, s in zip(weight.shape[2:], x.shape[2:]))
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h)).contiguous()
+            offset = F.pad(offset, (0, pad_w, 0, pad_h)).contiguous()
         out = deform_conv2d(x, offset, weight, stride, padding, dilation, groups, deform_groups,
                             False, 32)
+        if pad_h or pad_w:
+            out = out[:, :, :out.shape[2] - pad_h, :out.shape[3] - pad_w].contiguous()
         return out if bias is None else out + bias.reshape(1, -1, 1, 1)
     return modulated_deform_conv2d(x, offset, mask.contiguous(), weight, bias, stride, padding,
                                    dilation, groups, deform_groups)

@@ -72,8 +72,12 @@ NORM_TYPES = ('BN', 'BN2d', 'SyncBN', 'GN', 'FrozenBN', 'IN', 'LN')
 
 
 def build_norm(norm_cfg, num_features, postfix=''):
-    """Build a norm layer; returns ``(name, layer)`` like mmcv's builder."""
-    return build_norm_layer(norm_cfg, num_features, postfix=postfix)
+    """Build a norm layer; returns ``(name, layer)`` like mmcv's builder.
+
+    SyncBN without a process group falls back to BN with a warning.
+    """
+    from .runtime.syncbn import syncbn_fallback
+    return build_norm_layer(syncbn_fallback(norm_cfg), num_features, postfix=postfix)
 
 
 def is_batch_norm(module):

@@ -64,12 +64,16 @@ def max_diff(a, b):
 
 
 def assert_parity(ref, ours, x, train_modes=(False, True), tol=1e-5):
-    """Outputs (float32) and input gradients (float64) of two backbones agree to ``tol``.
+    """Two backbones agree: float32 outputs, float64 outputs and input gradients.
 
-    Gradients are compared in float64: ReLU and max-pool route gradients by
-    sign and argmax, and a float32 rounding difference (folded BN, other
-    kernels) flips the rare near-tie, moving a whole gradient entry. In
-    float64 no tie is that close, so any real difference shows.
+    float32: within ``tol`` times the output's magnitude (absolute when the
+    outputs are <= 1). Folded BN and channels_last kernels round differently,
+    a few ulps per layer, and normalisation by sample statistics (train-mode
+    BN, GN) on tiny test maps amplifies that.
+    float64: outputs and input gradients within ``tol`` absolute. Gradients
+    are compared only there: ReLU and max-pool route gradients by sign and
+    argmax, and float32 rounding flips the rare near-tie, moving a whole
+    entry; in float64 no tie is that close, so any real difference shows.
     """
     ref64, ours64 = copy.deepcopy(ref).double(), copy.deepcopy(ours).double()
     for train in train_modes:
@@ -79,15 +83,12 @@ def assert_parity(ref, ours, x, train_modes=(False, True), tol=1e-5):
         for a, b in zip(out, ref_out):
             assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
         diff = max_diff(out, ref_out)
-        # Train-mode BN divides by batch statistics of a tiny test batch, which
-        # amplifies float32 rounding (folded frozen stages): there the float32
-        # bound scales with the output's magnitude; eval mode is held to ``tol``,
-        # and float64 (below) to ``tol`` in both modes.
-        scale = max(1.0, max(o.abs().max().item() for o in ref_out)) if train else 1.0
-        assert diff <= tol * scale, f'outputs differ by {diff:.2e} (train={train})'
+        scale = max(1.0, max(o.abs().max().item() for o in ref_out))
+        assert diff <= tol * scale, f'float32 outputs differ by {diff:.2e} (train={train})'
         ref_out64, ref_grad = run_with_grad(ref64, x.double(), train)
         out64, grad = run_with_grad(ours64, x.double(), train)
-        assert max_diff(out64, ref_out64) <= tol
+        diff64 = max_diff(out64, ref_out64)
+        assert diff64 <= tol, f'float64 outputs differ by {diff64:.2e} (train={train})'
         gdiff = (grad - ref_grad).abs().max().item()
         assert gdiff <= tol, f'input gradients differ by {gdiff:.2e} (train={train})'
     return ref, ours

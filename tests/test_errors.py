@@ -31,6 +31,7 @@ BAD_ARGS = [
     (dict(depth=50, plugins=[dict(cfg=dict(type='ContextBlock'), position='after_conv4')]),
      ValueError, ["'after_conv4'", 'after_conv1']),
     (dict(depth=50, in_channels=0), ValueError, ['in_channels=0']),
+    (dict(depth=50, channels_last='yes'), ValueError, ["channels_last='yes'", "'auto'"]),
     (dict(depth=50, init_cfg=dict(type='Pretrained', checkpoint='x'), pretrained='y'),
      ValueError, ['init_cfg', 'pretrained']),
 ]

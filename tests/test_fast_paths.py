@@ -98,3 +98,17 @@ def test_compile_fullgraph(kw):
     sum(o.mean() for o in outs).backward()
     ref = model(x)
     assert max_diff(outs, ref) < 1e-5
+
+
+def test_weight_layout_follows_setting():
+    cl = torch.channels_last
+    auto = ResNetBackbone(depth=18)  # CPU: oneDNN prefers channels_last
+    assert auto.layer1[0].conv1.weight.is_contiguous(memory_format=cl)
+    off = ResNetBackbone(depth=18, channels_last=False)
+    assert off.layer1[0].conv1.weight.is_contiguous()
+    off.load_state_dict(auto.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outs = auto.eval()(x)
+        assert max_diff(outs, off.eval()(x)) < 1e-5
+    assert all(o.is_contiguous() for o in outs)  # NCHW in, NCHW out

@@ -46,6 +46,11 @@ def _read_pkl(path):
 
 
 def _read_torch(path):
+    from ..runtime.atomic import checkpoint_problem
+    problem = checkpoint_problem(path)  # torch.load does not check zip CRCs
+    if problem is not None:
+        raise CheckpointError(f'checkpoint file {path} is truncated or corrupt: {problem}; '
+                              'download it again')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:

@@ -1,0 +1,5 @@
+# Mask R-CNN R-50-FPN, 1x COCO schedule, pytorch style, torchvision ImageNet weights.
+_base_ = [
+    './_base_/models/mask_rcnn_r50_fpn.py', './_base_/datasets/coco_instance.py',
+    './_base_/schedules/schedule_1x.py', './_base_/default_runtime.py'
+]

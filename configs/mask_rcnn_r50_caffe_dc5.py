@@ -1,0 +1,6 @@
+# Mask R-CNN R-50-DC5 1x (dilated C5; box and mask heads on C5), caffe style with the
+# MSRA weights and their BGR normalisation.
+_base_ = [
+    './_base_/models/mask_rcnn_r50_caffe_dc5.py', './_base_/datasets/coco_instance.py',
+    './_base_/schedules/schedule_1x.py', './_base_/default_runtime.py'
+]

@@ -1,0 +1,201 @@
+"""Helpers shared by tools/train.py, tools/test.py, tools/demo.py and tools/feature_maps.py.
+
+* ``set_data_root``: move every dataset (and evaluator annotation file) of a
+  config to another root.
+* ``missing_data_message``: what a config expects on disk, when it is missing.
+* ``mmengine_checkpoint_loading``: load checkpoints written by mmengine's
+  Runner under torch's safe ``weights_only`` loading, by allowing (within the
+  ``with`` block only) the few non-tensor types those files hold.
+"""
+import collections
+import contextlib
+import os
+import os.path as osp
+import pickle
+
+DEMO_CONFIG = 'configs/demo/mask_rcnn_r18_shapes.py'
+
+
+# ----------------------------------------------------------------- datasets
+def iter_datasets(dataset):
+    """Every dataset dict in a (possibly wrapped) dataset config."""
+    if dataset is None:
+        return
+    if isinstance(dataset, (list, tuple)):
+        for d in dataset:
+            yield from iter_datasets(d)
+        return
+    if 'data_root' in dataset or 'ann_file' in dataset:
+        yield dataset
+    for key in ('dataset', 'datasets'):
+        if key in dataset:
+            yield from iter_datasets(dataset[key])
+
+
+def _evaluators(cfg):
+    for name in ('val_evaluator', 'test_evaluator'):
+        ev = cfg.get(name)
+        for e in (ev if isinstance(ev, (list, tuple)) else [ev]):
+            if isinstance(e, dict):
+                yield e
+
+
+def set_data_root(cfg, root):
+    """Point every dataloader's dataset, and evaluator ``ann_file``, at ``root``."""
+    root = root.rstrip('/') + '/'
+    old = cfg.get('data_root')
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(name)
+        if isinstance(loader, dict):
+            for ds in iter_datasets(loader.get('dataset')):
+                ds['data_root'] = root
+    for ev in _evaluators(cfg):
+        ann = ev.get('ann_file')
+        if isinstance(ann, str) and isinstance(old, str) and old and ann.startswith(old):
+            ev['ann_file'] = root + ann[len(old):]
+    cfg['data_root'] = root
+    return cfg
+
+
+def dataset_paths(cfg, loader_name):
+    """[(what, path)] that a dataloader's datasets read: annotation files, image folders."""
+    loader = cfg.get(loader_name)
+    paths = []
+    if not isinstance(loader, dict):
+        return paths
+    for ds in iter_datasets(loader.get('dataset')):
+        root = ds.get('data_root') or ''
+        if ds.get('ann_file'):
+            paths.append(('annotations', osp.join(root, ds['ann_file'])))
+        prefix = ds.get('data_prefix') or {}
+        img = prefix.get('img') or prefix.get('img_path')
+        if img:
+            paths.append(('images', osp.join(root, img)))
+    return paths
+
+
+def missing_data_message(cfg, loader_names=('train_dataloader', 'val_dataloader'),
+                         config_path=None):
+    """None when every file the dataloaders need exists, else an explanation."""
+    needed = [(w, p) for name in loader_names for w, p in dataset_paths(cfg, name)]
+    missing = [(w, p) for w, p in needed if not osp.exists(p)]
+    if not missing:
+        return None
+    root = cfg.get('data_root', '') or ''
+    lines = [f'The data for {config_path or "this config"} is not there. Missing:']
+    lines += [f'  {p}   ({w})' for w, p in missing]
+    lines += ['', f'It expects this layout (data root {root!r}):']
+    lines += [f'  {p}{"/" if w == "images" and not p.endswith("/") else ""}   ({w})'
+              for w, p in dict.fromkeys(needed)]
+    lines += ['',
+              'Put the data there (for COCO 2017: https://cocodataset.org/#download), or',
+              'move the root: --data-root DIR (or COCO_ROOT=DIR/ for the COCO configs).',
+              'To try everything without downloading anything, run the demo, which',
+              'generates a small synthetic COCO-format set and trains on it on CPU:',
+              '  make demo',
+              f'  (or: python tools/make_demo_data.py && python tools/train.py {DEMO_CONFIG})']
+    return '\n'.join(lines)
+
+
+# -------------------------------------------------------------- checkpoints
+def _history_buffer_method(obj, name):
+    """The only ``getattr`` a Runner checkpoint needs: HistoryBuffer's statistics
+    methods (``HistoryBuffer.__getstate__`` stores them as ``getattr(cls, 'min')``)."""
+    from mmengine.logging import HistoryBuffer
+    if (obj is HistoryBuffer and isinstance(name, str) and not name.startswith('_')
+            and callable(getattr(HistoryBuffer, name, None))):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}) while loading a '
+                                 'checkpoint: only HistoryBuffer statistics are allowed')
+
+
+def checkpoint_safe_globals():
+    """Non-tensor types found in checkpoints that mmengine's Runner saves.
+
+    The message hub keeps ``HistoryBuffer`` objects holding numpy arrays and
+    references to their statistics methods; the meta data holds numpy scalars;
+    MultiStepLR keeps its milestones in a Counter. Nothing here runs code when
+    unpickled, and ``getattr`` is replaced by a version that only returns
+    HistoryBuffer methods.
+    """
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    allowed = [HistoryBuffer, np.ndarray, np.dtype, collections.Counter,
+               (_history_buffer_method, 'builtins.getattr'),
+               (_history_buffer_method, '__builtin__.getattr')]
+    for module_name in ('numpy._core.multiarray', 'numpy.core.multiarray'):
+        try:
+            module = __import__(module_name, fromlist=['_reconstruct'])
+        except ImportError:
+            continue
+        for fn in ('_reconstruct', 'scalar'):
+            if hasattr(module, fn):
+                allowed.append((getattr(module, fn), f'{module_name}.{fn}'))
+    for name in ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
+                 'uint64', 'float16', 'float32', 'float64'):
+        allowed.append(type(np.dtype(name)))
+    return allowed
+
+
+@contextlib.contextmanager
+def mmengine_checkpoint_loading():
+    """Within the block, ``torch.load`` (still ``weights_only``) accepts mmengine checkpoints.
+
+    torch >= 2.6 loads with ``weights_only=True`` by default, which refuses the
+    message-hub and numpy objects in a Runner checkpoint, so ``load_from`` and
+    ``--resume`` fail. This allows exactly those types, for this block only;
+    safe loading stays on, and nothing changes outside the block.
+    """
+    import torch
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)
+    if safe_globals is None:  # torch < 2.5 loads these files without help
+        yield
+        return
+    with safe_globals(checkpoint_safe_globals()):
+        yield
+
+
+def read_runner_checkpoint(path):
+    """A Runner checkpoint (dict with ``state_dict``, ``meta``, ...) read safely."""
+    import torch
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    with mmengine_checkpoint_loading():
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+# -------------------------------------------------------------------- misc
+def default_work_dir(config_path):
+    return osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def prepare_cpu_distributed(cfg, launcher):
+    """Let ``--launcher pytorch`` (torchrun) run DDP on machines without CUDA.
+
+    mmengine's pytorch launcher calls ``torch.cuda.set_device`` and gives DDP a
+    device id; without CUDA this sets up the gloo process group itself (mmengine
+    then skips its own) and wraps the model in DDP without device ids. With
+    CUDA, or another launcher, nothing changes.
+    """
+    import torch
+    if launcher == 'none' or torch.cuda.is_available():
+        return cfg
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if launcher == 'pytorch':
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group(backend='gloo')
+        if cfg.get('model_wrapper_cfg') is None:
+            cfg.model_wrapper_cfg = dict(
+                type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                find_unused_parameters=cfg.get('find_unused_parameters', False))
+    return cfg
+
+
+def repo_root():
+    return osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def ensure_local_rank(local_rank):
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(local_rank)

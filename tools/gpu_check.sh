@@ -147,7 +147,7 @@ grep '^==' "$OUT/env.txt" | tail -n 12
 # 2. CUDA tests (in the CPU rehearsal this only shows which test modules import without mmcv.ops)
 run 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider --continue-on-collection-errors \
   -W ignore::pytest.PytestUnknownMarkWarning tests > "$OUT/pytest_cuda.log" 2>&1
-log "pytest -m cuda: $(tail -n 1 "$OUT/pytest_cuda.log")"
+log "pytest -m cuda: $(grep -E '(passed|failed|skipped|error|deselected)' "$OUT/pytest_cuda.log" | tail -n 1)"
 
 # 3. The benchmark on the device, no compile.
 if [ "$DEVICE" = cuda ]; then

@@ -1,6 +1,7 @@
 """COCO evaluation (CocoAPMetric): exact scores, agreement with pycocotools, outputs."""
 import copy
 import json
+import os
 import os.path as osp
 
 import numpy as np
@@ -205,7 +206,6 @@ def test_format_only_writes_submission_files(gt, tmp_path):
     path, data, api = gt
     prefix = str(tmp_path / 'sub' / 'results')
     preds = perturbed(api, data, seed=2)
-    import os
     os.makedirs(osp.dirname(prefix))
     _, res = run_metric(path, preds, format_only=True, outfile_prefix=prefix)
     assert res == {}

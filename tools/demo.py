@@ -101,6 +101,9 @@ def plot_curves(scalars_path, out_path):
                        linestyle='-' if key.endswith('mAP') else '--')
     for key, target in TARGETS.items():
         ax_ap.axhline(target, color='gray', linewidth=0.8, linestyle=':')
+        ax_ap.annotate(f'target {key.replace("coco/", "")} {target:.2f}', (0, target),
+                       xycoords=('axes fraction', 'data'), xytext=(3, 2),
+                       textcoords='offset points', fontsize=7, color='gray')
     ax_ap.set(xlabel='iteration', ylabel='AP', title='validation AP', ylim=(0, 1))
     ax_ap.grid(alpha=0.3)
     ax_ap.legend(fontsize=8)

@@ -100,7 +100,8 @@ def build_cfg(args):
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise SystemExit('--out must be a .pkl file')
-        cfg.test_evaluator = [*_evaluators(cfg), dict(type='DumpDetResults', out_file_path=args.out)]
+        cfg.test_evaluator = [*_evaluators(cfg),
+                              dict(type='DumpDetResults', out_file_path=args.out)]
     if args.show_dir:
         vis = cfg.default_hooks.get('visualization')
         if vis is None:

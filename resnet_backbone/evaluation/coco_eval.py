@@ -207,7 +207,8 @@ def evaluate(coco_gt, detections, iou_type, backend, img_ids=None, cat_ids=None,
 
 # ----------------------------------------------------------------- tables
 def _fmt(v):
-    return 'nan' if v != v else f'{v:.3f}'
+    """3 decimals; 'n/a' where no ground truth falls in the range (pycocotools: -1)."""
+    return 'n/a' if v != v or v < 0 else f'{v:.3f}'
 
 
 def markdown_table(headers, rows):

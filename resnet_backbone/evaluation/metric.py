@@ -127,6 +127,7 @@ class CocoAPMetric(CocoMetric):
                 logger.info('\n' + table)
                 for name, aps in res.per_class:
                     eval_results[f'{metric}_{name}_mAP'] = aps['mAP']
-        self.last_tables['overall'] = metric_table(self.last_results)
-        logger.info('\n' + self.last_tables['overall'])
+        overall = metric_table(self.last_results)
+        self.last_tables = {'overall': overall, **self.last_tables}
+        logger.info('\n' + overall)
         return eval_results

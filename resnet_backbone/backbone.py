@@ -19,6 +19,7 @@ from .blocks import (PLUGIN_POSITIONS, BasicBlock, Bottleneck, PreActBasicBlock,
 from .dcn import DeformConv2dPack, parse_dcn_cfg
 from .errors import check_bool, check_choice, check_int, check_int_sequence
 from .fusion import fold_conv_bn
+from .layout import is_channels_last, to_nchw
 from .norms import build_norm
 from .stem import add_stem, forward_stem, stem_modules
 
@@ -428,29 +429,31 @@ class ResNetBackbone(BaseModule):
 
     def forward(self, x):
         self.check_input(x)
-        keep_channels_last = x.is_contiguous(memory_format=torch.channels_last) \
-            and not x.is_contiguous()
         channels_last = self.uses_channels_last(x.device)
+        # outputs keep the caller's layout (mmcv's CPU RoIAlign misreads channels_last maps)
+        to_caller = to_nchw if channels_last and not is_channels_last(x) else None
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        outs = self.forward_features(x)
-        if channels_last and not keep_channels_last:
-            outs = tuple(o.contiguous() for o in outs)
-        return outs
+        return self.forward_features(x, to_caller)
 
-    def forward_features(self, x):
+    def forward_features(self, x, to_caller=None):
         outs = []
         x = forward_stem(self, x)
         if self.out_stem:
-            outs.append(x)
+            outs.append(to_caller(x) if to_caller else x)
         x = self.maxpool(x)
+        # a checkpointed stage stores its input: give it the map we return, held once
+        share_outputs = to_caller is not None and self.with_cp and not self.preact \
+            and torch.is_grad_enabled()
         for i, name in enumerate(self.res_layers):
             x = getattr(self, name)(x)
             if i in self.out_indices:
-                if self.preact:
-                    outs.append(F.relu(self.post_norms[name](x)))
-                else:
-                    outs.append(x)
+                out = F.relu(self.post_norms[name](x)) if self.preact else x
+                if to_caller is not None:
+                    out = to_caller(out)
+                    if share_outputs:
+                        x = out
+                outs.append(out)
         return tuple(outs)
 
     # ----------------------------------------------------------------- deploy

@@ -144,7 +144,8 @@ class BasicBlock(ResidualBlock):
         out = self.run_plugins(out, 'after_conv1')
         out = conv_norm(out, self.conv2, self.norm2)
         out = self.run_plugins(out, 'after_conv2')
-        return F.relu(out + self.shortcut(x), inplace=True)
+        out += self.shortcut(x)  # in place, as MMDetection: no new full-size map
+        return F.relu(out, inplace=True)
 
 
 def bottleneck_width(planes, groups, base_width, base_channels, widen_factor):
@@ -193,7 +194,8 @@ class Bottleneck(ResidualBlock):
         out = self.run_plugins(out, 'after_conv2')
         out = conv_norm(out, self.conv3, self.norm3)
         out = self.run_plugins(out, 'after_conv3')
-        return F.relu(out + self.shortcut(x), inplace=True)
+        out += self.shortcut(x)  # in place, as MMDetection: no new full-size map
+        return F.relu(out, inplace=True)
 
 
 class PreActMixin:

@@ -112,3 +112,39 @@ def test_weight_layout_follows_setting():
         outs = auto.eval()(x)
         assert max_diff(outs, off.eval()(x)) < 1e-5
     assert all(o.is_contiguous() for o in outs)  # NCHW in, NCHW out
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_to_nchw_copies_and_sends_channels_last_gradients_back(batch):
+    from resnet_backbone.layout import to_nchw
+    x = torch.randn(batch, 6, 5, 7, dtype=torch.double)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = to_nchw(x)
+    assert y.is_contiguous() and torch.equal(y, x)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(x.grad, grad)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(to_nchw, (x.detach().requires_grad_(),))
+    plain = torch.randn(2, 3, 4, 4)
+    assert to_nchw(plain) is plain
+
+
+def test_with_cp_holds_each_returned_map_once():
+    """A checkpointed stage stores its input; on CPU (channels_last inside, NCHW out)
+    that is the NCHW map already returned, not a second channels_last copy of it."""
+    model = randomize(ResNetBackbone(depth=18, with_cp=True, frozen_stages=-1)).train()
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outs = model(torch.randn(1, 3, 64, 64))
+    ptrs = {t.data_ptr() for t in saved}
+    for out in outs[:-1]:  # C2-C4 each feed a checkpointed next stage
+        assert out.is_contiguous() and out.data_ptr() in ptrs
+        twins = [t for t in saved if t.shape == out.shape and t.dtype == out.dtype
+                 and t.data_ptr() != out.data_ptr() and torch.equal(t, out)]
+        assert not twins, f'a second copy of the {tuple(out.shape)} output is held'

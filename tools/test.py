@@ -137,19 +137,14 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    from resnet_backbone.demo.runtime import missing_data_message, mmengine_checkpoint_loading
+    from resnet_backbone.demo.runtime import build_runner, mmengine_checkpoint_loading
 
     if not osp.isfile(args.checkpoint):
         print(f'checkpoint not found: {args.checkpoint}', file=sys.stderr)
         return 2
-    problem = missing_data_message(cfg, ('test_dataloader', ), config_path=args.config)
-    if problem:
-        print(problem, file=sys.stderr)
+    runner = build_runner(cfg, ('test_dataloader', ), args.config)
+    if runner is None:
         return 2
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     with mmengine_checkpoint_loading():
         metrics = runner.test()
     paths = write_metrics(runner, metrics, cfg.work_dir)

@@ -86,20 +86,15 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
     from resnet_backbone.checkpoint import check_normalization
-    from resnet_backbone.demo.runtime import missing_data_message, mmengine_checkpoint_loading
+    from resnet_backbone.demo.runtime import build_runner, mmengine_checkpoint_loading
 
+    check_normalization(cfg)
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') else (
         'train_dataloader', )
-    problem = missing_data_message(cfg, loaders, config_path=args.config)
-    if problem:
-        print(problem, file=sys.stderr)
+    runner = build_runner(cfg, loaders, args.config)
+    if runner is None:
         return 2
-    check_normalization(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     with mmengine_checkpoint_loading():
         runner.train()
     return 0

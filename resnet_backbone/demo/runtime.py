@@ -7,11 +7,10 @@
   Runner under torch's safe ``weights_only`` loading, by allowing (within the
   ``with`` block only) the few non-tensor types those files hold.
 """
-import collections
 import contextlib
 import os
 import os.path as osp
-import pickle
+import sys
 
 DEMO_CONFIG = 'configs/demo/mask_rcnn_r18_shapes.py'
 
@@ -97,61 +96,38 @@ def missing_data_message(cfg, loader_names=('train_dataloader', 'val_dataloader'
     return '\n'.join(lines)
 
 
+def build_runner(cfg, loader_names, config_path):
+    """The config's Runner; None, after saying what is missing, when its data is not on disk."""
+    problem = missing_data_message(cfg, loader_names, config_path=config_path)
+    if problem:
+        print(problem, file=sys.stderr)
+        return None
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
 # -------------------------------------------------------------- checkpoints
-def _history_buffer_method(obj, name):
-    """The only ``getattr`` a Runner checkpoint needs: HistoryBuffer's statistics
-    methods (``HistoryBuffer.__getstate__`` stores them as ``getattr(cls, 'min')``)."""
-    from mmengine.logging import HistoryBuffer
-    if (obj is HistoryBuffer and isinstance(name, str) and not name.startswith('_')
-            and callable(getattr(HistoryBuffer, name, None))):
-        return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}) while loading a '
-                                 'checkpoint: only HistoryBuffer statistics are allowed')
-
-
-def checkpoint_safe_globals():
-    """Non-tensor types found in checkpoints that mmengine's Runner saves.
-
-    The message hub keeps ``HistoryBuffer`` objects holding numpy arrays and
-    references to their statistics methods; the meta data holds numpy scalars;
-    MultiStepLR keeps its milestones in a Counter. Nothing here runs code when
-    unpickled, and ``getattr`` is replaced by a version that only returns
-    HistoryBuffer methods.
-    """
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
-    allowed = [HistoryBuffer, np.ndarray, np.dtype, collections.Counter,
-               (_history_buffer_method, 'builtins.getattr'),
-               (_history_buffer_method, '__builtin__.getattr')]
-    for module_name in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        try:
-            module = __import__(module_name, fromlist=['_reconstruct'])
-        except ImportError:
-            continue
-        for fn in ('_reconstruct', 'scalar'):
-            if hasattr(module, fn):
-                allowed.append((getattr(module, fn), f'{module_name}.{fn}'))
-    for name in ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
-                 'uint64', 'float16', 'float32', 'float64'):
-        allowed.append(type(np.dtype(name)))
-    return allowed
-
-
 @contextlib.contextmanager
 def mmengine_checkpoint_loading():
     """Within the block, ``torch.load`` (still ``weights_only``) accepts mmengine checkpoints.
 
     torch >= 2.6 loads with ``weights_only=True`` by default, which refuses the
     message-hub and numpy objects in a Runner checkpoint, so ``load_from`` and
-    ``--resume`` fail. This allows exactly those types, for this block only;
-    safe loading stays on, and nothing changes outside the block.
+    ``--resume`` fail. ``import resnet_backbone`` allowlists exactly those types
+    (:mod:`resnet_backbone.runtime.safe_globals`); this block allows the same
+    list where that was switched off (``RESNET_BACKBONE_NO_RUNTIME_PATCH=1``).
     """
     import torch
+
+    from resnet_backbone.runtime import mmengine_safe_globals
     safe_globals = getattr(torch.serialization, 'safe_globals', None)
     if safe_globals is None:  # torch < 2.5 loads these files without help
         yield
         return
-    with safe_globals(checkpoint_safe_globals()):
+    # only what is not allowed yet: leaving the block removes exactly what it added
+    current = torch.serialization.get_safe_globals()
+    with safe_globals([entry for entry in mmengine_safe_globals() if entry not in current]):
         yield
 
 

@@ -34,6 +34,15 @@ def randomize(model, seed=0, residual_gain=0.3):
     return model
 
 
+def plain(obj):
+    """Config values as plain Python (tuples as lists) for comparison."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
 def mmdet_backbone(cfg):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules

@@ -14,6 +14,8 @@ import os.path as osp
 import pytest
 import torch
 
+from helpers import plain
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
 CONFIGS = sorted(p for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True)
@@ -155,17 +157,8 @@ def _mmdet_zoo():
     return path
 
 
-def _plain(obj):
-    """Config values as plain Python (tuples as lists) for comparison."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def _model_without_weights(cfg):
-    model = _plain(cfg.model)
+    model = plain(cfg.model)
     backbone = model['backbone']
     backbone['type'] = TYPE_MAP.get(backbone['type'], backbone['type'])
     backbone.pop('init_cfg', None)
@@ -180,9 +173,9 @@ def test_config_matches_mmdet_zoo(ours):
     cfg = load(osp.join(CONFIG_DIR, ours))
     assert _model_without_weights(cfg) == _model_without_weights(theirs)
     for key in ('train_cfg', 'param_scheduler', 'optim_wrapper', 'auto_scale_lr'):
-        assert _plain(cfg[key]) == _plain(theirs[key]), key
+        assert plain(cfg[key]) == plain(theirs[key]), key
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        a, b = _plain(cfg[loader]), _plain(theirs[loader])
+        a, b = plain(cfg[loader]), plain(theirs[loader])
         assert a['dataset']['pipeline'] == b['dataset']['pipeline'], loader
         for key in ('ann_file', 'data_prefix', 'data_root', 'type'):
             assert a['dataset'].get(key) == b['dataset'].get(key), (loader, key)
@@ -190,7 +183,7 @@ def test_config_matches_mmdet_zoo(ours):
     ours_eval, theirs_eval = cfg.val_evaluator, theirs.val_evaluator
     assert ours_eval.type == 'CocoAPMetric'
     assert ours_eval.ann_file == theirs_eval.ann_file
-    assert _plain(ours_eval.metric) == _plain(theirs_eval.metric)
+    assert plain(ours_eval.metric) == plain(theirs_eval.metric)
     ours_w = cfg.model.backbone.init_cfg.checkpoint
     theirs_w = theirs.model.backbone.init_cfg.checkpoint
     if 'caffe' in ours:
@@ -204,7 +197,7 @@ def test_r50d_and_mask_dc5_variants():
     r50d = load(osp.join(CONFIG_DIR, 'mask_rcnn_r50d.py'))
     assert r50d.model.backbone.type == 'ResNet50D'
     assert r50d.model.backbone.init_cfg.checkpoint == 'timm://resnet50d'
-    a, b = _plain(r50.model), _plain(r50d.model)
+    a, b = plain(r50.model), plain(r50d.model)
     a.pop('backbone'), b.pop('backbone')
     assert a == b
     faster_dc5 = load(osp.join(CONFIG_DIR, 'faster_rcnn_r50_caffe_dc5.py'))
@@ -216,8 +209,8 @@ def test_r50d_and_mask_dc5_variants():
     assert mask_roi.mask_roi_extractor.out_channels == 2048
     assert list(mask_roi.mask_roi_extractor.featmap_strides) == [16]
     assert mask_roi.mask_head.in_channels == 2048
-    assert _plain(mask_roi.bbox_head) == _plain(faster_dc5.model.roi_head.bbox_head)
-    assert _plain(mask_dc5.model.rpn_head) == _plain(faster_dc5.model.rpn_head)
+    assert plain(mask_roi.bbox_head) == plain(faster_dc5.model.roi_head.bbox_head)
+    assert plain(mask_dc5.model.rpn_head) == plain(faster_dc5.model.rpn_head)
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=rel)

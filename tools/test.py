@@ -65,20 +65,8 @@ def _evaluators(cfg):
 
 
 def build_cfg(args):
-    from mmengine.config import Config
-
-    from resnet_backbone.demo.runtime import (default_work_dir, iter_datasets,
-                                              prepare_cpu_distributed, set_data_root)
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = default_work_dir(args.config)
+    from resnet_backbone.demo.runtime import iter_datasets, load_cfg, prepare_cpu_distributed
+    cfg = load_cfg(args)
     cfg.load_from = args.checkpoint
     outfile_prefix = args.outfile_prefix
     if outfile_prefix and not osp.isabs(outfile_prefix):

@@ -44,20 +44,8 @@ def parse_args(argv=None):
 
 def build_cfg(args):
     """The config after the command line: work dir, overrides, AMP, resume, data root."""
-    from mmengine.config import Config
-
-    from resnet_backbone.demo.runtime import (default_work_dir, prepare_cpu_distributed,
-                                              set_data_root)
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.data_root:
-        set_data_root(cfg, args.data_root)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = default_work_dir(args.config)
+    from resnet_backbone.demo.runtime import load_cfg, prepare_cpu_distributed
+    cfg = load_cfg(args)
     if args.amp:
         import torch
         if not torch.cuda.is_available():

@@ -145,6 +145,24 @@ def default_work_dir(config_path):
     return osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])
 
 
+def load_cfg(args):
+    """The config of ``args.config`` with the common command-line options applied:
+    launcher, ``--cfg-options``, ``--data-root`` and ``--work-dir`` (default
+    ``work_dirs/<config name>``)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = default_work_dir(args.config)
+    return cfg
+
+
 def prepare_cpu_distributed(cfg, launcher):
     """Let ``--launcher pytorch`` (torchrun) run DDP on machines without CUDA.
 

@@ -188,13 +188,14 @@ class Bottleneck(ResidualBlock):
         return self.norm(3)
 
     def residual(self, x):
+        identity = self.shortcut(x)
         out = F.relu(conv_norm(x, self.conv1, self.norm1), inplace=True)
         out = self.run_plugins(out, 'after_conv1')
         out = F.relu(conv_norm(out, self.conv2, self.norm2), inplace=True)
         out = self.run_plugins(out, 'after_conv2')
         out = conv_norm(out, self.conv3, self.norm3)
         out = self.run_plugins(out, 'after_conv3')
-        out += self.shortcut(x)  # in place, as MMDetection: no new full-size map
+        out += identity  # in place, as MMDetection: no new full-size map
         return F.relu(out, inplace=True)
 
 

@@ -1,0 +1,103 @@
+"""The GEMM weight gradient of strided convs: same gradients as PyTorch's conv, taken only where meant."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import paired
+from resnet_backbone.strided_conv import conv2d, uses_gemm_weight_grad, weight_grad
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize('n,c_in,c_out,h,w,k,stride,pad', [
+    (1, 8, 4, 16, 16, 3, 2, 1),     # ResNet's stride-2 3x3
+    (2, 5, 3, 17, 13, 3, 2, 1),     # odd sizes: the last phase row/column is short
+    (1, 4, 6, 15, 11, 3, 3, 1),     # stride 3: nine phases
+    (2, 3, 5, 12, 18, 5, 2, 2),     # 5x5, taps two phase rows apart
+    (1, 6, 2, 9, 10, 3, 2, 0),      # no padding
+    (1, 4, 4, 8, 8, 1, 2, 0),       # 1x1 strided (caffe-style downsample)
+    (1, 3, 4, 21, 14, 7, 2, 3),     # the stem's 7x7
+])
+def test_weight_grad_matches_autograd_float64(n, c_in, c_out, h, w, k, stride, pad):
+    x = torch.randn(n, c_in, h, w, dtype=torch.float64).contiguous(memory_format=CL)
+    weight = torch.randn(c_out, c_in, k, k, dtype=torch.float64, requires_grad=True)
+    out = F.conv2d(x, weight, None, stride, pad)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ours = weight_grad(grad, x, weight.shape, (stride, stride), (pad, pad))
+    assert ours.shape == weight.shape
+    torch.testing.assert_close(ours, weight.grad, rtol=1e-12, atol=1e-12)
+
+
+def _stage_conv_args(channels=128, size=(24, 20)):
+    x = torch.randn(2, channels, *size).contiguous(memory_format=CL).requires_grad_()
+    weight = (torch.randn(channels, channels, 3, 3) * 0.05).contiguous(memory_format=CL)
+    return x, weight.requires_grad_(), torch.randn(channels, requires_grad=True)
+
+
+def test_conv2d_takes_gemm_path_with_pytorch_gradients():
+    x, weight, bias = _stage_conv_args()
+    assert uses_gemm_weight_grad(x, weight, (2, 2), (1, 1), 1)
+    out = conv2d(x, weight, bias, 2, 1, 1, 1)
+    assert type(out.grad_fn).__name__ == '_GemmWeightGradConv2dBackward'
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ours = [t.grad.clone() for t in (x, weight, bias)]
+    ref_inputs = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    ref = F.conv2d(*ref_inputs, 2, 1)
+    ref.backward(grad.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(ours, ref_inputs):
+        torch.testing.assert_close(got.double(), want.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('case', ['nchw', 'stride1', 'few_channels', 'groups', 'float64',
+                                  'no_grad', 'autocast', 'frozen_weight'])
+def test_conv2d_leaves_other_convs_to_pytorch(case):
+    x, weight, bias = _stage_conv_args()
+    stride, groups = 2, 1
+    if case == 'nchw':
+        x = x.detach().contiguous().requires_grad_()
+    elif case == 'stride1':
+        stride = 1
+    elif case == 'few_channels':
+        x, weight, bias = _stage_conv_args(channels=64)
+    elif case == 'groups':
+        weight, groups = weight[:, :64].detach().requires_grad_(), 2
+    elif case == 'float64':
+        x, weight, bias = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    elif case == 'frozen_weight':
+        weight = weight.detach()
+    ctx = torch.autocast('cpu', dtype=torch.bfloat16) if case == 'autocast' else \
+        torch.no_grad() if case == 'no_grad' else torch.enable_grad()
+    with ctx:
+        out = conv2d(x, weight, bias, stride, 1, 1, groups)
+        ref = F.conv2d(x, weight, bias, stride, 1, 1, groups)
+    assert out.grad_fn is None or type(out.grad_fn).__name__ == 'ConvolutionBackward0'
+    assert torch.equal(out, ref)
+
+
+def test_resnet50_train_step_uses_it_with_mmdet_gradients():
+    """Full-width R-50 in float32 (where the path applies): mmdet's parameter gradients."""
+    ref, ours = paired(dict(type='ResNet', depth=50, frozen_stages=1, norm_eval=True))
+    x = torch.randn(2, 3, 96, 128)
+    taken = []
+    for name, m in (('mmdet', ref), ('ours', ours)):
+        m.train()
+        outs = m(x)
+        if name == 'ours':
+            node, seen = [o.grad_fn for o in outs if o.grad_fn is not None], set()
+            while node:
+                fn = node.pop()
+                if fn is None or fn in seen:
+                    continue
+                seen.add(fn)
+                taken += [type(fn).__name__] if 'GemmWeightGrad' in type(fn).__name__ else []
+                node += [f for f, _ in fn.next_functions]
+        sum((o * o).mean() for o in outs).backward()
+    assert len(taken) == 3  # layer2.0, layer3.0 and layer4.0 conv2
+    grads = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        if p.grad is not None:
+            got = grads[name].grad
+            assert (got - p.grad).norm() <= 1e-4 * p.grad.norm() + 1e-12, name

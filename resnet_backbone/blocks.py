@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .dcn import DeformConv2dPack, parse_dcn_cfg
 from .fusion import conv_norm
+from .layout import is_channels_last
 from .norms import build_norm
 
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
@@ -93,10 +94,25 @@ class ResidualBlock(BaseModule):
     def _needs_grad(self, x):
         return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
-    def forward(self, x):
-        if self.with_cp and torch.is_grad_enabled() and self._needs_grad(x):
-            return checkpoint(self.residual, x, use_reentrant=False)
+    def checkpoints(self, x):
+        """Whether ``with_cp`` applies to this call (grad mode, something to differentiate)."""
+        return self.with_cp and torch.is_grad_enabled() and self._needs_grad(x)
+
+    def residual_in_weight_layout(self, x):
+        """``residual(x)`` with ``x`` first put in the layout of the block's conv weights.
+
+        A channels_last block handed an NCHW map (a with_cp stage input shared with
+        the caller's output) converts it once here, inside the checkpoint, instead of
+        in each conv and in a mixed-layout residual add.
+        """
+        if is_channels_last(self.conv2.weight) and x.dim() == 4 and not is_channels_last(x):
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.residual(x)
+
+    def forward(self, x):
+        if self.checkpoints(x):
+            return checkpoint(self.residual_in_weight_layout, x, use_reentrant=False)
+        return self.residual_in_weight_layout(x)
 
 
 def make_conv3x3(conv_cfg, dcn, in_channels, out_channels, stride, dilation, groups):

@@ -148,3 +148,24 @@ def test_with_cp_holds_each_returned_map_once():
         twins = [t for t in saved if t.shape == out.shape and t.dtype == out.dtype
                  and t.data_ptr() != out.data_ptr() and torch.equal(t, out)]
         assert not twins, f'a second copy of the {tuple(out.shape)} output is held'
+
+
+def test_with_cp_runs_every_conv_channels_last_on_cpu():
+    """The stage inputs a with_cp step shares with its NCHW outputs are converted once per
+    block, so no conv (forward, recompute or backward) sees a mixed layout."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.convolution.default,
+                        torch.ops.aten.convolution_backward.default):
+                x = args[1] if func is torch.ops.aten.convolution_backward.default else args[0]
+                seen.append(x.shape[1] == 3 or x.is_contiguous(memory_format=torch.channels_last))
+            return func(*args, **(kwargs or {}))
+
+    model = randomize(ResNetBackbone(depth=50, base_channels=16, with_cp=True)).train()
+    with Record():
+        outs = model(torch.randn(1, 3, 64, 64))
+        sum(o.sum() for o in outs).backward()
+    assert len(seen) > 50 and all(seen)

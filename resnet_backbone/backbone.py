@@ -21,6 +21,7 @@ from .errors import check_bool, check_choice, check_int, check_int_sequence
 from .fusion import fold_conv_bn
 from .layout import is_channels_last, to_nchw
 from .norms import build_norm
+from .stage import ResStage
 from .stem import add_stem, forward_stem, stem_modules
 
 ARCH_SETTINGS = {
@@ -310,7 +311,7 @@ class ResNetBackbone(BaseModule):
                       base_channels=self.base_channels, widen_factor=self.widen_factor)
         blocks = [block(inplanes=inplanes, stride=stride, downsample=downsample, **common)]
         blocks += [block(inplanes=outplanes, stride=1, **common) for _ in range(1, num_blocks)]
-        return nn.Sequential(*blocks)
+        return ResStage(*blocks)
 
     # ----------------------------------------------------------------- shape
     @property

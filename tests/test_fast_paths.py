@@ -150,6 +150,52 @@ def test_with_cp_holds_each_returned_map_once():
         assert not twins, f'a second copy of the {tuple(out.shape)} output is held'
 
 
+def _stored_bytes(model, x):
+    """Bytes of the distinct tensors autograd stores during the forward."""
+    stored = {}
+
+    def pack(t):
+        stored[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(stored.values())
+
+
+def test_with_cp_checkpoints_blocks_in_pairs(monkeypatch):
+    """A checkpoint spans two blocks: the second block's input is not stored, and the
+    gradients are those of the step without with_cp."""
+    import resnet_backbone.stage as stage
+    model = randomize(ResNetBackbone(depth=50, base_channels=16, with_cp=True,
+                                     frozen_stages=-1)).train()
+    x = torch.randn(1, 3, 96, 64)
+    second_inputs = []  # inputs of blocks 1, 3, 5 of each stage (stages of 3, 4, 6, 3)
+    hooks = [layer[k].register_forward_pre_hook(
+        lambda m, a: second_inputs.append(a[0].numel() * a[0].element_size()))
+        for layer in (model.layer1, model.layer2, model.layer3, model.layer4)
+        for k in range(1, len(layer), 2)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert len(second_inputs) == 1 + 2 + 3 + 1
+    paired_bytes = _stored_bytes(model, x)
+    monkeypatch.setattr(stage, 'CHECKPOINT_SPAN', 1)
+    assert _stored_bytes(model, x) - paired_bytes == sum(second_inputs)
+    monkeypatch.setattr(stage, 'CHECKPOINT_SPAN', 2)
+
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        m.with_cp = False
+    grads = []
+    for m in (model, plain):
+        sum((o * o).mean() for o in m(x)).backward()
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    for name, g in grads[1].items():
+        assert torch.allclose(grads[0][name], g, rtol=1e-4, atol=1e-6), name
+
+
 def test_with_cp_runs_every_conv_channels_last_on_cpu():
     """The stage inputs a with_cp step shares with its NCHW outputs are converted once per
     block, so no conv (forward, recompute or backward) sees a mixed layout."""

@@ -2,8 +2,9 @@
 
 oneDNN's channels_last weight gradient of the stride-2 3x3 convs that open
 ResNet stages is up to 2x slower than the plain GEMMs it amounts to (R-50 at
-800x1216 on the project's 2-core AMD EPYC: layer2.0 64 vs 38 ms, layer3.0 42
-vs 21 ms). Here the weight gradient is one GEMM per kernel tap:
+800x1216 on the project's 2-core AMD EPYC: layer2.0 68 vs 43 ms, layer3.0 73
+vs 36 ms; ``tools/bench_conv_wgrad.py``). Here the weight gradient is one GEMM
+per kernel tap:
 
     grad_W[:, :, i, j] = grad_out^T @ x_tap(i, j)
 

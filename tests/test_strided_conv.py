@@ -101,3 +101,15 @@ def test_resnet50_train_step_uses_it_with_mmdet_gradients():
         if p.grad is not None:
             got = grads[name].grad
             assert (got - p.grad).norm() <= 1e-4 * p.grad.norm() + 1e-12, name
+
+
+def test_bench_conv_wgrad_tool_tiny():
+    """tools/bench_conv_wgrad.py runs and reports every conv with the path taken."""
+    import os.path as osp
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
+    import bench_conv_wgrad
+    rows = bench_conv_wgrad.main(['--size', '64x96', '--repeats', '1'])
+    assert [r[0] for r in rows] == [c[0] for c in bench_conv_wgrad.CONVS]
+    assert all(r[1] > 0 and r[2] > 0 for r in rows)
+    assert [r[3] for r in rows] == ['GEMM'] * 3 + ['oneDNN'] + ['GEMM'] * 2

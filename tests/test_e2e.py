@@ -178,6 +178,24 @@ def test_dist_train_runs_ddp_on_cpu(data_root, tmp_path):
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
 
 
+def test_train_and_test_tools_destroy_the_process_group(tmp_path):
+    """A rank that exits with its gloo group alive can abort (SIGABRT) after training
+    finished, failing the whole torchrun; the tools leave through this teardown."""
+    import torch.distributed as dist
+
+    from resnet_backbone.demo.runtime import process_group_teardown
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0,
+                            world_size=1)
+    with pytest.raises(RuntimeError, match='boom'):
+        with process_group_teardown():
+            assert dist.is_initialized()
+            raise RuntimeError('boom')  # also on the way out of a failed run
+    assert not dist.is_initialized()
+    for tool in ('train.py', 'test.py'):
+        with open(osp.join(TOOLS, tool)) as f:
+            assert 'process_group_teardown()' in f.read(), tool
+
+
 def test_feature_maps_of_the_trained_backbone(trained, data_root, tmp_path, capsys):
     sys.path.insert(0, TOOLS)
     import feature_maps

@@ -125,7 +125,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
 
-    from resnet_backbone.demo.runtime import build_runner, mmengine_checkpoint_loading
+    from resnet_backbone.demo.runtime import (build_runner, mmengine_checkpoint_loading,
+                                              process_group_teardown)
 
     if not osp.isfile(args.checkpoint):
         print(f'checkpoint not found: {args.checkpoint}', file=sys.stderr)
@@ -133,9 +134,9 @@ def main(argv=None):
     runner = build_runner(cfg, ('test_dataloader', ), args.config)
     if runner is None:
         return 2
-    with mmengine_checkpoint_loading():
+    with mmengine_checkpoint_loading(), process_group_teardown():
         metrics = runner.test()
-    paths = write_metrics(runner, metrics, cfg.work_dir)
+        paths = write_metrics(runner, metrics, cfg.work_dir)  # rank 0 only: group still up
     if paths:
         print('wrote ' + ', '.join(paths))
     return 0

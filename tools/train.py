@@ -75,7 +75,8 @@ def main(argv=None):
     cfg = build_cfg(args)
 
     from resnet_backbone.checkpoint import check_normalization
-    from resnet_backbone.demo.runtime import build_runner, mmengine_checkpoint_loading
+    from resnet_backbone.demo.runtime import (build_runner, mmengine_checkpoint_loading,
+                                              process_group_teardown)
 
     check_normalization(cfg)
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') else (
@@ -83,7 +84,7 @@ def main(argv=None):
     runner = build_runner(cfg, loaders, args.config)
     if runner is None:
         return 2
-    with mmengine_checkpoint_loading():
+    with mmengine_checkpoint_loading(), process_group_teardown():
         runner.train()
     return 0
 

@@ -107,6 +107,23 @@ def build_runner(cfg, loader_names, config_path):
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
+@contextlib.contextmanager
+def process_group_teardown():
+    """On leaving the block, destroy the process group that mmengine's launcher made.
+
+    mmengine never destroys it. A gloo rank that exits with its group alive can
+    abort in the group's thread destructors ("terminate called without an active
+    exception", SIGABRT) after training finished, and torchrun then reports the
+    whole run as failed. Seen with ``tools/dist_train.sh`` on a busy CPU.
+    """
+    try:
+        yield
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # -------------------------------------------------------------- checkpoints
 @contextlib.contextmanager
 def mmengine_checkpoint_loading():

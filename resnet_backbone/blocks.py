@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer, build_plugin_layer
 from mmengine.model import BaseModule
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .dcn import DeformConv2dPack, parse_dcn_cfg

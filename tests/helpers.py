@@ -1,5 +1,6 @@
 """Shared test helpers: reference models, randomisation, comparisons."""
 import copy
+import json
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -110,3 +111,9 @@ def run_with_grad(model, x, train):
     loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs)
     loss.backward()
     return [o.detach() for o in outs], x.grad
+
+
+def load_json(path):
+    """The JSON document at ``path`` (file closed again)."""
+    with open(path) as f:
+        return json.load(f)

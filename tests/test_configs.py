@@ -14,7 +14,7 @@ import os.path as osp
 import pytest
 import torch
 
-from helpers import plain
+from helpers import load_json, plain
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
@@ -41,7 +41,7 @@ def sample(tmp_path_factory):
 
     from resnet_backbone.demo.shapes import generate_split
     root = str(tmp_path_factory.mktemp('shapes'))
-    ann = json.load(open(generate_split(root, 'val', 3, seed=11, size=SIZE)))
+    ann = load_json(generate_split(root, 'val', 3, seed=11, size=SIZE))
     image = max(ann['images'], key=lambda im: sum(a['image_id'] == im['id']
                                                   for a in ann['annotations']))
     instances = []

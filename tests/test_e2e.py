@@ -12,9 +12,11 @@ import pickle
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_json
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
@@ -84,7 +86,7 @@ def test_train_writes_checkpoint_logs_and_curves(trained):
         assert f.read().strip().endswith(f'iter_{ITERS}.pth')
     assert osp.isfile(osp.join(work, osp.basename(DEMO)))  # the config as run
     logs = glob.glob(osp.join(work, '*', '*.log'))
-    assert logs and f'Iter(train) [{ITERS}/{ITERS}]' in open(logs[0]).read()
+    assert logs and f'Iter(train) [{ITERS}/{ITERS}]' in Path(logs[0]).read_text()
     records = scalars_of(work)
     train = [r for r in records if 'loss' in r]
     val = [r for r in records if 'coco/bbox_mAP' in r]
@@ -141,7 +143,7 @@ def test_test_tool_format_only(trained, data_root):
                    '--out', osp.join(work, 'raw.pkl')])
     assert proc.returncode == 0, explain(proc)
     for t in ('bbox', 'segm'):
-        dets = json.load(open(osp.join(work, 'submission', f'results.{t}.json')))
+        dets = load_json(osp.join(work, 'submission', f'results.{t}.json'))
         assert dets and {d['image_id'] for d in dets} <= {1, 2, 3, 4}
         assert {d['category_id'] for d in dets} <= {1, 2, 3}
     with open(osp.join(work, 'raw.pkl'), 'rb') as f:

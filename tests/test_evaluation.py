@@ -7,6 +7,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from helpers import load_json
 
 CLASSES = ('circle', 'triangle', 'square')
 
@@ -19,7 +20,7 @@ def gt(tmp_path_factory):
     from resnet_backbone.demo.shapes import generate_split
     root = str(tmp_path_factory.mktemp('gt'))
     path = generate_split(root, 'val', 12, seed=5, size=128)
-    data = json.load(open(path))
+    data = load_json(path)
     assert len(data['annotations']) >= 30
     api = COCO(path)
     return path, data, api
@@ -167,7 +168,8 @@ def test_hand_computed_ap(tmp_path):
                                      area=400, iscrowd=0,
                                      segmentation=[[50, 50, 70, 50, 70, 70, 50, 70]])])
     path = str(tmp_path / 'gt.json')
-    json.dump(gt_json, open(path, 'w'))
+    with open(path, 'w') as f:
+        json.dump(gt_json, f)
     # box [50, 50, 70, 70] vs [50, 50, 70 + d, 70]: IoU = 400 / (400 + 20 d) = 0.72 -> d = 7.78
     d = 400 / 0.72 / 20 - 20
     from resnet_backbone.evaluation import CocoAPMetric
@@ -211,14 +213,14 @@ def test_format_only_writes_submission_files(gt, tmp_path):
     assert res == {}
     n = sum(len(v) for v in preds.values())
     for iou_type in ('bbox', 'segm'):
-        dets = json.load(open(f'{prefix}.{iou_type}.json'))
+        dets = load_json(f'{prefix}.{iou_type}.json')
         assert len(dets) == n
         assert {d['category_id'] for d in dets} <= {1, 2, 3}
         assert {d['image_id'] for d in dets} == set(preds)
         key = 'bbox' if iou_type == 'bbox' else 'segmentation'
         assert all(key in d and 0 <= d['score'] <= 1 for d in dets)
     # the written files score like the predictions: they are valid COCO results
-    stats = pycocotools_stats(api, json.load(open(f'{prefix}.bbox.json')), 'bbox')
+    stats = pycocotools_stats(api, load_json(f'{prefix}.bbox.json'), 'bbox')
     assert stats[0] == pytest.approx(
         pycocotools_stats(api, to_coco_results(preds, 'bbox'), 'bbox')[0], abs=1e-9)
 

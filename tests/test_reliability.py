@@ -333,10 +333,12 @@ def _logged_losses(work_dir):
     for stamp in sorted(os.listdir(work_dir)):
         f = osp.join(work_dir, stamp, 'vis_data', 'scalars.json')
         if osp.isfile(f):
-            for line in open(f):
-                rec = json.loads(line)
-                if 'loss' in rec:
-                    out[rec['step']] = {k: v for k, v in rec.items() if k.startswith('loss')}
+            with open(f) as lines:
+                for line in lines:
+                    rec = json.loads(line)
+                    if 'loss' in rec:
+                        out[rec['step']] = {k: v for k, v in rec.items()
+                                            if k.startswith('loss')}
     return out
 
 
@@ -633,7 +635,7 @@ def test_empty_or_broken_annotation_file(tmp_path, shapes, content, match):
 
 
 def test_annotations_without_usable_objects(tmp_path, shapes):
-    data = json.load(open(shapes / 'annotations' / 'instances_train.json'))
+    data = json.loads((shapes / 'annotations' / 'instances_train.json').read_text())
     for c in data['categories']:
         c['name'] = 'other_' + c['name']
     ann = tmp_path / 'renamed.json'

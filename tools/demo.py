@@ -133,7 +133,8 @@ def draw_predictions(config, checkpoint, data_root, out_path, num_images=12, sco
         model = init_detector(cfg, checkpoint, device='cpu')
     classes = model.dataset_meta['classes']
     ds = cfg.test_dataloader.dataset
-    ann = json.load(open(osp.join(ds.data_root, ds.ann_file)))
+    with open(osp.join(ds.data_root, ds.ann_file)) as f:
+        ann = json.load(f)
     images = sorted(ann['images'], key=lambda im: im['id'])[:num_images]
     paths = [osp.join(ds.data_root, ds.data_prefix['img'], im['file_name']) for im in images]
     results = inference_detector(model, paths)

@@ -18,7 +18,10 @@ class ResStage(nn.Sequential):
     backward. Spanning two blocks, it keeps half the maps that one checkpoint
     per block (MMDetection) keeps, for the same single recompute of each block;
     the backward of a span then holds the activations of two blocks at once.
-    Blocks run on their own (``block(x)``) still checkpoint one by one.
+    Blocks run on their own (``block(x)``) still checkpoint one by one. Inside
+    a span the blocks run through ``residual_in_weight_layout``, so forward
+    hooks on the blocks themselves do not fire there (hooks on the stage and
+    on the blocks' convs do).
     """
 
     def forward(self, x):

@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import load_json
 
 import resnet_backbone.runtime as rt
 from resnet_backbone import ResNetBackbone
@@ -635,7 +636,7 @@ def test_empty_or_broken_annotation_file(tmp_path, shapes, content, match):
 
 
 def test_annotations_without_usable_objects(tmp_path, shapes):
-    data = json.loads((shapes / 'annotations' / 'instances_train.json').read_text())
+    data = load_json(shapes / 'annotations' / 'instances_train.json')
     for c in data['categories']:
         c['name'] = 'other_' + c['name']
     ann = tmp_path / 'renamed.json'

@@ -1,4 +1,4 @@
-"""The GEMM weight gradient of strided convs: same gradients as PyTorch's conv, taken only where meant."""
+"""The GEMM weight gradient of strided convs: PyTorch's gradients, taken only where meant."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -5,8 +5,8 @@ same outputs, input gradients and BN statistics as MMDetection's own backbone.
 The zoo configs ship inside the mmdet wheel (``mmdet/.mim/configs``); each
 distinct backbone dict (``init_cfg`` aside) is checked once, in float64: there
 rounding cannot hide a structural difference (observed: about 1e-13, up to
-6e-8 for input gradients through DCN). Float32 closeness is shown feature by feature in test_parity_mmdet.py;
-at full width, 101 layers of batch-statistics BN or GN amplify float32 rounding
+6e-8 for input gradients through DCN). Float32 closeness is shown feature by
+feature in test_parity_mmdet.py; at full width, 101 layers of batch-statistics BN or GN amplify float32 rounding
 (different conv kernels) to about 1e-4 relative, so it is not re-checked here.
 """
 import copy

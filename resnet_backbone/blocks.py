@@ -87,7 +87,7 @@ class ResidualBlock(BaseModule):
             x = p(x)
         return conv_norm(x, conv, norm)
 
-    def residual(self, x):
+    def residual(self, x, input_is_scratch=False):
         raise NotImplementedError
 
     def _needs_grad(self, x):
@@ -97,7 +97,7 @@ class ResidualBlock(BaseModule):
         """Whether ``with_cp`` applies to this call (grad mode, something to differentiate)."""
         return self.with_cp and torch.is_grad_enabled() and self._needs_grad(x)
 
-    def residual_in_weight_layout(self, x):
+    def residual_in_weight_layout(self, x, input_is_scratch=False):
         """``residual(x)`` with ``x`` first put in the layout of the block's conv weights.
 
         A channels_last block handed an NCHW map (a with_cp stage input shared with
@@ -106,12 +106,36 @@ class ResidualBlock(BaseModule):
         """
         if is_channels_last(self.conv2.weight) and x.dim() == 4 and not is_channels_last(x):
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.residual(x)
+        return self.residual(x, input_is_scratch)
 
-    def forward(self, x):
+    def forward(self, x, input_is_scratch=False):
+        """``input_is_scratch=True``: no one else holds ``x``, and a block that needs
+        no gradients may write its output into it (``ResStage`` passes it between
+        its own blocks)."""
         if self.checkpoints(x):
             return checkpoint(self.residual_in_weight_layout, x, use_reentrant=False)
-        return self.residual_in_weight_layout(x)
+        return self.residual_in_weight_layout(x, input_is_scratch)
+
+    def last_conv_add_relu(self, out, identity, identity_is_scratch):
+        """``relu(norm(conv(out)) + identity)`` for the block's last conv.
+
+        Where nothing needs gradients, the sum and the ReLU run inside the conv,
+        written into ``identity`` when it is scratch (``conv_norm``).
+        """
+        conv, norm = getattr(self, f'conv{self.num_convs}'), self.norm(self.num_convs)
+        position = PLUGIN_POSITIONS[self.num_convs - 1]
+        if not self.plugin_names[position]:
+            return conv_norm(out, conv, norm, relu=True, add=identity,
+                             add_in_place=identity_is_scratch)
+        out = self.run_plugins(conv_norm(out, conv, norm), position)
+        out += identity  # in place, as MMDetection: no new full-size map
+        return F.relu(out, inplace=True)
+
+    def residual_parts(self, x, input_is_scratch):
+        """The shortcut (first: its backward then runs after the branch's tensors are
+        freed) and whether it is a map only this call holds."""
+        identity = self.shortcut(x)
+        return identity, identity is not x or input_is_scratch
 
 
 def make_conv3x3(conv_cfg, dcn, in_channels, out_channels, stride, dilation, groups):
@@ -154,13 +178,11 @@ class BasicBlock(ResidualBlock):
     def norm_channels(self, inplanes, planes):
         return planes, planes
 
-    def residual(self, x):
-        out = F.relu(conv_norm(x, self.conv1, self.norm1), inplace=True)
+    def residual(self, x, input_is_scratch=False):
+        identity, identity_is_scratch = self.residual_parts(x, input_is_scratch)
+        out = conv_norm(x, self.conv1, self.norm1, relu=True)
         out = self.run_plugins(out, 'after_conv1')
-        out = conv_norm(out, self.conv2, self.norm2)
-        out = self.run_plugins(out, 'after_conv2')
-        out += self.shortcut(x)  # in place, as MMDetection: no new full-size map
-        return F.relu(out, inplace=True)
+        return self.last_conv_add_relu(out, identity, identity_is_scratch)
 
 
 def bottleneck_width(planes, groups, base_width, base_channels, widen_factor):
@@ -202,16 +224,13 @@ class Bottleneck(ResidualBlock):
     def norm3(self):
         return self.norm(3)
 
-    def residual(self, x):
-        identity = self.shortcut(x)
-        out = F.relu(conv_norm(x, self.conv1, self.norm1), inplace=True)
+    def residual(self, x, input_is_scratch=False):
+        identity, identity_is_scratch = self.residual_parts(x, input_is_scratch)
+        out = conv_norm(x, self.conv1, self.norm1, relu=True)
         out = self.run_plugins(out, 'after_conv1')
-        out = F.relu(conv_norm(out, self.conv2, self.norm2), inplace=True)
+        out = conv_norm(out, self.conv2, self.norm2, relu=True)
         out = self.run_plugins(out, 'after_conv2')
-        out = conv_norm(out, self.conv3, self.norm3)
-        out = self.run_plugins(out, 'after_conv3')
-        out += identity  # in place, as MMDetection: no new full-size map
-        return F.relu(out, inplace=True)
+        return self.last_conv_add_relu(out, identity, identity_is_scratch)
 
 
 class PreActMixin:
@@ -229,7 +248,7 @@ class PreActMixin:
             x = layer(x)
         return x
 
-    def residual(self, x):
+    def residual(self, x, input_is_scratch=False):
         pre = F.relu(self.norm(1)(x))
         shortcut = x if self.downsample is None else self.shortcut(pre)
         out = pre

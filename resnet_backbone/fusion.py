@@ -7,6 +7,7 @@ the forward and in the backward, and the gradients of W, gamma and beta still
 flow through ``W * s`` and ``b``.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .norms import eval_bn_scale_and_shift
@@ -17,8 +18,14 @@ def _foldable_conv(conv):
     return type(conv) is nn.Conv2d and conv.padding_mode == 'zeros'
 
 
-def conv_norm(x, conv, norm):
-    """``norm(conv(x))``, computed as one biased conv when the norm allows it.
+def conv_norm(x, conv, norm, relu=False, add=None, add_in_place=False):
+    """``norm(conv(x))``, then ``+ add`` and ReLU where asked.
+
+    The norm is folded into the conv when it allows it (see below). The sum
+    lands in the conv output, or, when nothing needs gradients and
+    ``add_in_place`` says ``add`` is the caller's scratch map, in ``add``.
+    Where nothing needs gradients (frozen stages, inference), the bias, the
+    sum and the ReLU run inside oneDNN's convolution (``_pointwise_conv``).
 
     Folding on the fly pays on CPU, where BN is a separate memory-bound pass.
     On CUDA an eval BN is one cuDNN kernel, cheaper than the few small kernels
@@ -27,15 +34,57 @@ def conv_norm(x, conv, norm):
     gradient for the stride-2 3x3 convs).
     """
     if not (_foldable_conv(conv) and x.device.type == 'cpu'):
-        return norm(conv(x))
+        return _add_relu(norm(conv(x)), relu, add)
     weight, bias = conv.weight, conv.bias
     affine = eval_bn_scale_and_shift(norm)
     if affine is not None:
         scale, shift = affine
         weight = weight * scale.reshape(-1, 1, 1, 1)
         bias = shift if bias is None else bias * scale + shift
+    elif not isinstance(norm, nn.Identity):  # a BN on batch statistics, GN...
+        out = conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                     conv.groups)
+        return _add_relu(norm(out), relu, add)
+    if _pointwise_conv_applies(x, weight, bias, conv, add):
+        return _pointwise_conv(x, weight, bias, conv, relu, add, add_in_place)
     out = conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return out if affine is not None else norm(out)
+    return _add_relu(out, relu, add)
+
+
+def _add_relu(out, relu, add):
+    if add is not None:
+        out += add  # in place, as MMDetection: no new full-size map
+    return F.relu(out, inplace=True) if relu else out
+
+
+def _pointwise_conv_applies(x, weight, bias, conv, add):
+    if torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
+        return False  # inductor fuses on its own
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        or (add is not None and add.requires_grad))
+    return (not needs_grad and x.dtype == weight.dtype == torch.float32
+            and (add is None or add.dtype == x.dtype) and not isinstance(conv.padding, str)
+            and all(t.is_contiguous(memory_format=torch.channels_last)
+                    for t in (x, weight) + (() if add is None else (add,)))
+            and not torch.is_autocast_enabled('cpu'))
+
+
+def _pointwise_conv(x, weight, bias, conv, relu, add, add_in_place):
+    """oneDNN convolution with the bias, the sum and the ReLU as post-ops (no grad).
+
+    The separate ``+=`` and ReLU each pass over the whole output; the largest
+    maps (R-50 C2, 62 MB at 800x1216) are also new allocations the kernel must
+    map in, which writing into ``add`` spares.
+    """
+    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    act = 'relu' if relu else 'none'
+    if add is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, act, [], '')
+    op = torch.ops.mkldnn._convolution_pointwise_ if add_in_place \
+        else torch.ops.mkldnn._convolution_pointwise
+    return op.binary(*((add, x) if add_in_place else (x, add)), weight, bias, *geometry,
+                     'add', 1.0, act if relu else None, [], '' if relu else None)
 
 
 @torch.no_grad()

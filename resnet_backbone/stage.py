@@ -1,8 +1,16 @@
 """A ResNet stage (``layerN``): its blocks in order, checkpointed in pairs under with_cp."""
 from torch import nn
+from torch.nn.modules import module as module_hooks
 from torch.utils.checkpoint import checkpoint
 
 CHECKPOINT_SPAN = 2  # blocks per with_cp checkpoint
+
+
+def _hooked(block):
+    """Whether a forward (pre-)hook may keep ``block``'s input or output."""
+    return bool(block._forward_hooks or block._forward_pre_hooks
+                or module_hooks._global_forward_hooks
+                or module_hooks._global_forward_pre_hooks)
 
 
 def _run_blocks(blocks, x):
@@ -22,16 +30,25 @@ class ResStage(nn.Sequential):
     a span the blocks run through ``residual_in_weight_layout``, so forward
     hooks on the blocks themselves do not fire there (hooks on the stage and
     on the blocks' convs do).
+
+    Where nothing needs gradients, a block's last conv writes its output into
+    its input when that input is the previous block's output and no hook on
+    either block can hold it (``input_is_scratch``; ``conv_norm``).
     """
 
     def forward(self, x):
         blocks = list(self)
         i = 0
+        from_block = None  # the block of this call that produced x
         while i < len(blocks):
             if not blocks[i].checkpoints(x):
-                x = blocks[i](x)
+                scratch = from_block is not None and not (_hooked(from_block)
+                                                          or _hooked(blocks[i]))
+                x = blocks[i](x, input_is_scratch=scratch)
+                from_block = blocks[i]
                 i += 1
                 continue
+            from_block = None
             span = [blocks[i]]
             while (len(span) < CHECKPOINT_SPAN and i + len(span) < len(blocks)
                    and blocks[i + len(span)].with_cp):

@@ -3,7 +3,6 @@
 Modules are attached to the backbone itself so the keys stay ``conv1``/``bn1``
 (plain) or ``stem.0``…``stem.7`` (deep), as in MMDetection.
 """
-import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer
 from torch import nn
 
@@ -41,7 +40,6 @@ def forward_stem(backbone, x):
     if backbone.deep_stem:
         stem = backbone.stem
         for i in range(0, len(stem), 3):
-            x = F.relu(conv_norm(x, stem[i], stem[i + 1]), inplace=True)
+            x = conv_norm(x, stem[i], stem[i + 1], relu=True)
         return x
-    return F.relu(conv_norm(x, backbone.conv1, getattr(backbone, backbone.norm1_name)),
-                  inplace=True)
+    return conv_norm(x, backbone.conv1, getattr(backbone, backbone.norm1_name), relu=True)

@@ -87,6 +87,61 @@ def test_conv_norm_falls_back_for_training_bn():
     assert torch.equal(conv_norm(x, conv, bn), bn(conv(x)))
 
 
+def _count_pointwise_convs(monkeypatch):
+    """Record (relu, add, add_in_place) of each oneDNN post-op conv."""
+    import resnet_backbone.fusion as fusion
+    calls, run = [], fusion._pointwise_conv
+
+    def record(x, weight, bias, conv, relu, add, add_in_place):
+        calls.append((relu, add is not None, add_in_place))
+        return run(x, weight, bias, conv, relu, add, add_in_place)
+
+    monkeypatch.setattr(fusion, '_pointwise_conv', record)
+    return calls
+
+
+def test_no_grad_convs_fuse_bias_sum_and_relu(monkeypatch):
+    """Without gradients every conv runs with its post-ops in oneDNN; each block's sum is
+    written into its scratch shortcut (a downsample output or the previous block's
+    output), and the result equals the separate-op path."""
+    import resnet_backbone.fusion as fusion
+    model = randomize(ResNetBackbone(depth=50, base_channels=16)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    calls = _count_pointwise_convs(monkeypatch)
+    with torch.no_grad():
+        fused = model(x)
+    assert calls.count((True, True, True)) == 3 + 4 + 6 + 3  # every block, in place
+    assert calls.count((True, False, False)) == 1 + 2 * 16  # stem, conv1 and conv2
+    assert calls.count((False, False, False)) == 4  # downsample convs
+    monkeypatch.setattr(fusion, '_pointwise_conv_applies', lambda *args: False)
+    with torch.no_grad():
+        assert rel_diff(fused, model(x)) < 1e-5
+    frozen = randomize(ResNetBackbone(depth=50, base_channels=16, frozen_stages=1)).train()
+    monkeypatch.undo()
+    calls = _count_pointwise_convs(monkeypatch)
+    frozen(x)  # grad mode: only the frozen stem and layer1 fuse
+    assert calls.count((True, True, True)) == 3 and len(calls) == 1 + 3 * 3 + 1
+
+
+def test_no_grad_sum_keeps_maps_that_others_hold():
+    """The in-place sum never overwrites a map a caller or a hook holds: a block's own
+    input, a block output seen by a forward hook, or a block input seen by a pre-hook."""
+    model = randomize(ResNetBackbone(depth=18, base_channels=16, frozen_stages=4)).eval()
+    x = torch.randn(1, 16, 16, 16).contiguous(memory_format=torch.channels_last)
+    kept = {}
+    model.layer1[0].register_forward_hook(lambda m, a, out: kept.setdefault('out', out))
+    model.layer2[1].register_forward_pre_hook(lambda m, a: kept.setdefault('in', a[0]))
+    with torch.no_grad():
+        before = x.clone()
+        model.layer1[1](x)  # no downsample: the shortcut is x itself
+        assert torch.equal(x, before)
+        model.layer2(model.layer1(x))
+        copies = {k: v.clone() for k, v in kept.items()}
+        model.layer2(model.layer1(x))
+    assert torch.equal(x, before)
+    assert len(kept) == 2 and all(torch.equal(kept[k], v) for k, v in copies.items())
+
+
 @pytest.mark.parametrize('kw', [dict(), dict(with_cp=True), dict(frozen_stages=2)],
                          ids=['plain', 'with_cp', 'frozen'])
 def test_compile_fullgraph(kw):

@@ -185,6 +185,19 @@ def test_to_nchw_copies_and_sends_channels_last_gradients_back(batch):
     assert to_nchw(plain) is plain
 
 
+@pytest.mark.parametrize('shape', [(2, 8, 48, 50), (1, 600, 46, 47), (1, 3, 4, 5)],
+                         ids=['blocks', 'wide', 'small'])
+def test_transposed_copy_in_blocks_is_exact(shape):
+    """Both directions, with and without position blocks (a partial last block too)."""
+    from resnet_backbone.layout import CHUNK, _transposed_copy
+    assert shape[2] * shape[3] % CHUNK or shape[2] * shape[3] < 4 * CHUNK
+    x = torch.randn(shape)
+    for src, fmt in ((x.contiguous(memory_format=torch.channels_last), torch.contiguous_format),
+                     (x, torch.channels_last)):
+        out = _transposed_copy(src, fmt)
+        assert torch.equal(out, x) and out.is_contiguous(memory_format=fmt)
+
+
 def test_with_cp_holds_each_returned_map_once():
     """A checkpointed stage stores its input; on CPU (channels_last inside, NCHW out)
     that is the NCHW map already returned, not a second channels_last copy of it."""

@@ -13,7 +13,7 @@ from mmengine.model import BaseModule
 from torch.utils.checkpoint import checkpoint
 
 from .dcn import DeformConv2dPack, parse_dcn_cfg
-from .fusion import conv_norm
+from .fusion import add_relu, conv_norm
 from .layout import is_channels_last
 from .norms import build_norm
 
@@ -127,9 +127,7 @@ class ResidualBlock(BaseModule):
         if not self.plugin_names[position]:
             return conv_norm(out, conv, norm, relu=True, add=identity,
                              add_in_place=identity_is_scratch)
-        out = self.run_plugins(conv_norm(out, conv, norm), position)
-        out += identity  # in place, as MMDetection: no new full-size map
-        return F.relu(out, inplace=True)
+        return add_relu(self.run_plugins(conv_norm(out, conv, norm), position), add=identity)
 
     def residual_parts(self, x, input_is_scratch):
         """The shortcut (first: its backward then runs after the branch's tensors are

@@ -34,7 +34,7 @@ def conv_norm(x, conv, norm, relu=False, add=None, add_in_place=False):
     gradient for the stride-2 3x3 convs).
     """
     if not (_foldable_conv(conv) and x.device.type == 'cpu'):
-        return _add_relu(norm(conv(x)), relu, add)
+        return add_relu(norm(conv(x)), relu, add)
     weight, bias = conv.weight, conv.bias
     affine = eval_bn_scale_and_shift(norm)
     if affine is not None:
@@ -44,14 +44,15 @@ def conv_norm(x, conv, norm, relu=False, add=None, add_in_place=False):
     elif not isinstance(norm, nn.Identity):  # a BN on batch statistics, GN...
         out = conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
                      conv.groups)
-        return _add_relu(norm(out), relu, add)
+        return add_relu(norm(out), relu, add)
     if _pointwise_conv_applies(x, weight, bias, conv, add):
         return _pointwise_conv(x, weight, bias, conv, relu, add, add_in_place)
     out = conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return _add_relu(out, relu, add)
+    return add_relu(out, relu, add)
 
 
-def _add_relu(out, relu, add):
+def add_relu(out, relu=True, add=None):
+    """``out (+ add)`` in place, then ReLU in place if ``relu``."""
     if add is not None:
         out += add  # in place, as MMDetection: no new full-size map
     return F.relu(out, inplace=True) if relu else out

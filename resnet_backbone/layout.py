@@ -26,8 +26,9 @@ def _transposed_copy(x, memory_format):
     hw = h * w
     to_cl = memory_format == torch.channels_last
     # blocks of positions run on all threads; writing NCHW rows from 1024+ channels, the
-    # strided reads of a block span too many pages, and one 2-D transpose is faster
-    blocks = hw >= 4 * CHUNK and (to_cl or c <= 512)
+    # strided reads of a block span too many pages, and one 2-D transpose is faster;
+    # under torch.compile one copy lets inductor choose
+    blocks = hw >= 4 * CHUNK and (to_cl or c <= 512) and not torch.compiler.is_compiling()
     for i in range(n):
         # per image, an NCHW map is a (c, hw) matrix and a channels_last one its transpose
         nchw = (x if to_cl else out)[i].view(c, hw)

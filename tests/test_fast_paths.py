@@ -198,6 +198,29 @@ def test_transposed_copy_in_blocks_is_exact(shape):
         assert torch.equal(out, x) and out.is_contiguous(memory_format=fmt)
 
 
+def test_transposed_copy_is_one_copy_per_image_under_compile(monkeypatch):
+    """Traced by torch.compile, the hand-back is one copy per image (position blocks made
+    inductor's graph slower and its peak memory 40% higher)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from resnet_backbone.layout import CHUNK, _transposed_copy
+    copies = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.copy_.default:
+                copies.append(1)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 8, 4, 4 * CHUNK).contiguous(memory_format=torch.channels_last)
+    for compiling, expected in ((False, 2 * 4 * 4), (True, 2)):
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: compiling)
+        copies.clear()
+        with Count():
+            out = _transposed_copy(x, torch.contiguous_format)
+        assert len(copies) == expected and torch.equal(out, x)
+
+
 def test_with_cp_holds_each_returned_map_once():
     """A checkpointed stage stores its input; on CPU (channels_last inside, NCHW out)
     that is the NCHW map already returned, not a second channels_last copy of it."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norms import eval_bn_scale_and_shift
-from .strided_conv import conv2d
+from .train_conv import conv2d
 
 
 def _foldable_conv(conv):
@@ -30,8 +30,8 @@ def conv_norm(x, conv, norm, relu=False, add=None, add_in_place=False):
     Folding on the fly pays on CPU, where BN is a separate memory-bound pass.
     On CUDA an eval BN is one cuDNN kernel, cheaper than the few small kernels
     that refold the weight each call, so there the BN runs as it is. On CPU
-    the conv itself goes through ``strided_conv.conv2d`` (a faster weight
-    gradient for the stride-2 3x3 convs).
+    the conv itself goes through ``train_conv.conv2d`` (a faster backward:
+    the strided 3x3 convs' weight gradient, the bias gradient).
     """
     if not (_foldable_conv(conv) and x.device.type == 'cpu'):
         return add_relu(norm(conv(x)), relu, add)

@@ -1,10 +1,12 @@
-"""The GEMM weight gradient of strided convs: PyTorch's gradients, taken only where meant."""
+"""CPU training convs (GEMM weight gradient, bias gradient apart): PyTorch's gradients,
+taken only where meant."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from helpers import paired
-from resnet_backbone.strided_conv import conv2d, uses_gemm_weight_grad, weight_grad
+from resnet_backbone.train_conv import (conv2d, sums_bias_grad_apart, uses_gemm_weight_grad,
+                                        weight_grad)
 
 CL = torch.channels_last
 
@@ -35,25 +37,45 @@ def _stage_conv_args(channels=128, size=(24, 20)):
     return x, weight.requires_grad_(), torch.randn(channels, requires_grad=True)
 
 
+def _check_grads_float64(out, inputs, call):
+    """Gradients of ``conv2d`` against autograd through ``F.conv2d`` in float64."""
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref_inputs = [t.detach().double().requires_grad_(t.requires_grad) if t is not None else None
+                  for t in inputs]
+    ref = call(*ref_inputs)
+    ref.backward(grad.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(inputs, ref_inputs):
+        if got is not None and got.requires_grad:
+            torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_conv2d_takes_gemm_path_with_pytorch_gradients():
     x, weight, bias = _stage_conv_args()
     assert uses_gemm_weight_grad(x, weight, (2, 2), (1, 1), 1)
     out = conv2d(x, weight, bias, 2, 1, 1, 1)
-    assert type(out.grad_fn).__name__ == '_GemmWeightGradConv2dBackward'
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    ours = [t.grad.clone() for t in (x, weight, bias)]
-    ref_inputs = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
-    ref = F.conv2d(*ref_inputs, 2, 1)
-    ref.backward(grad.double())
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    for got, want in zip(ours, ref_inputs):
-        torch.testing.assert_close(got.double(), want.grad, rtol=1e-4, atol=1e-4)
+    assert type(out.grad_fn).__name__ == '_CPUConv2dBackward' and out.grad_fn.gemm
+    _check_grads_float64(out, (x, weight, bias), lambda *t: F.conv2d(*t, 2, 1))
+
+
+@pytest.mark.parametrize('stride,k,needs_x', [(1, 1, True), (1, 3, True), (2, 1, False),
+                                             (1, 3, False)])
+def test_conv2d_sums_bias_grad_apart_with_pytorch_gradients(stride, k, needs_x):
+    x, weight, bias = _stage_conv_args(channels=32)
+    x = x.detach().requires_grad_(needs_x)
+    weight = weight[:, :, :k, :k].detach().contiguous(memory_format=CL).requires_grad_()
+    pad = k // 2
+    assert sums_bias_grad_apart(x, weight, bias)
+    assert not uses_gemm_weight_grad(x, weight, (stride, stride), (1, 1), 1)
+    out = conv2d(x, weight, bias, stride, pad, 1, 1)
+    assert type(out.grad_fn).__name__ == '_CPUConv2dBackward' and not out.grad_fn.gemm
+    _check_grads_float64(out, (x, weight, bias), lambda *t: F.conv2d(*t, stride, pad))
 
 
 @pytest.mark.parametrize('case', ['nchw', 'stride1', 'few_channels', 'groups', 'float64',
                                   'no_grad', 'autocast', 'frozen_weight'])
-def test_conv2d_leaves_other_convs_to_pytorch(case):
+def test_conv2d_keeps_gemm_weight_grad_to_strided_convs(case):
     x, weight, bias = _stage_conv_args()
     stride, groups = 2, 1
     if case == 'nchw':
@@ -71,8 +93,36 @@ def test_conv2d_leaves_other_convs_to_pytorch(case):
     ctx = torch.autocast('cpu', dtype=torch.bfloat16) if case == 'autocast' else \
         torch.no_grad() if case == 'no_grad' else torch.enable_grad()
     with ctx:
+        assert not uses_gemm_weight_grad(x, weight, (stride, stride), (1, 1), groups)
         out = conv2d(x, weight, bias, stride, 1, 1, groups)
         ref = F.conv2d(x, weight, bias, stride, 1, 1, groups)
+    assert not getattr(out.grad_fn, 'gemm', False)
+    apart = case in ('stride1', 'few_channels', 'frozen_weight', 'groups')
+    assert (type(out.grad_fn).__name__ == '_CPUConv2dBackward') == apart
+    assert torch.equal(out, ref)
+    if out.requires_grad and case != 'autocast':  # bfloat16: no float64 check
+        _check_grads_float64(out, (x, weight, bias),
+                             lambda *t: F.conv2d(*t, stride, 1, 1, groups))
+
+
+@pytest.mark.parametrize('case', ['nchw', 'no_bias', 'frozen_bias', 'float64', 'no_grad',
+                                  'autocast'])
+def test_conv2d_leaves_bias_grad_to_pytorch_elsewhere(case):
+    x, weight, bias = _stage_conv_args(channels=32)
+    if case == 'nchw':
+        x = x.detach().contiguous().requires_grad_()
+    elif case == 'no_bias':
+        bias = None
+    elif case == 'frozen_bias':
+        bias = bias.detach()
+    elif case == 'float64':
+        x, weight, bias = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    ctx = torch.autocast('cpu', dtype=torch.bfloat16) if case == 'autocast' else \
+        torch.no_grad() if case == 'no_grad' else torch.enable_grad()
+    with ctx:
+        assert not sums_bias_grad_apart(x, weight, bias)
+        out = conv2d(x, weight, bias, 1, 1, 1, 1)
+        ref = F.conv2d(x, weight, bias, 1, 1, 1, 1)
     assert out.grad_fn is None or type(out.grad_fn).__name__ == 'ConvolutionBackward0'
     assert torch.equal(out, ref)
 
@@ -92,7 +142,7 @@ def test_resnet50_train_step_uses_it_with_mmdet_gradients():
                 if fn is None or fn in seen:
                     continue
                 seen.add(fn)
-                taken += [type(fn).__name__] if 'GemmWeightGrad' in type(fn).__name__ else []
+                taken += [fn] if getattr(fn, 'gemm', False) else []
                 node += [f for f, _ in fn.next_functions]
         sum((o * o).mean() for o in outs).backward()
     assert len(taken) == 3  # layer2.0, layer3.0 and layer4.0 conv2

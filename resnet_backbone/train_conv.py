@@ -1,18 +1,27 @@
-"""Strided 3x3 convolutions with a GEMM weight gradient (CPU, channels_last).
+"""Convolutions with gradients on CPU: a faster backward where oneDNN's is slow.
 
-oneDNN's channels_last weight gradient of the stride-2 3x3 convs that open
-ResNet stages is up to 2x slower than the plain GEMMs it amounts to (R-50 at
-800x1216 on the project's 2-core AMD EPYC: layer2.0 68 vs 43 ms, layer3.0 73
-vs 36 ms; ``tools/bench_conv_wgrad.py``). Here the weight gradient is one GEMM
-per kernel tap:
+Two parts of oneDNN's channels_last float32 backward run below the speed of
+the plain work they amount to on the project's 2-core AMD EPYC (R-50 at
+800x1216):
 
-    grad_W[:, :, i, j] = grad_out^T @ x_tap(i, j)
+* The weight gradient of the stride-2 3x3 convs that open ResNet stages is up
+  to 2x slower than the GEMMs it amounts to (layer2.0 68 vs 43 ms, layer3.0
+  73 vs 36 ms; ``tools/bench_conv_wgrad.py``). Here it is one GEMM per kernel
+  tap:
 
-where ``x_tap`` holds the input pixel each output position reads through tap
-``(i, j)``. Splitting the padded input into its ``stride**2`` phases (one copy)
-makes every tap a contiguous slice of one phase, so no per-tap copy is made;
-the few padding rows and columns this adds meet zero gradients. The input
-gradient stays with oneDNN, which is fast there.
+      grad_W[:, :, i, j] = grad_out^T @ x_tap(i, j)
+
+  where ``x_tap`` holds the input pixel each output position reads through
+  tap ``(i, j)``. Splitting the padded input into its ``stride**2`` phases
+  (one copy) makes every tap a contiguous slice of one phase, so no per-tap
+  copy is made; the few padding rows and columns this adds meet zero
+  gradients. The input gradient stays with oneDNN, which is fast there.
+* The bias gradient (a folded BN's shift) computed inside oneDNN's weight
+  gradient costs up to 5 ms more per conv than a separate channel sum of the
+  output gradient, most where the conv widens (layer2's 128->512 conv3: 26.2
+  vs 22.9 ms for its whole backward, medians of 11). So the bias gradient is
+  that sum. Whole R-50 train step, in-process A/B (medians of 9-11 rounds):
+  2314 vs 2317, 2368 vs 2408 and 2407 vs 2459 ms.
 """
 import torch
 import torch.nn.functional as F
@@ -33,11 +42,21 @@ def uses_gemm_weight_grad(x, weight, stride, dilation, groups):
             and not torch.compiler.is_compiling())
 
 
+def sums_bias_grad_apart(x, weight, bias):
+    """Whether ``conv2d`` computes the bias gradient as a separate channel sum."""
+    return (bias is not None and bias.requires_grad and torch.is_grad_enabled()
+            and x.device.type == 'cpu' and x.dtype == weight.dtype == bias.dtype == torch.float32
+            and is_channels_last(x) and not torch.is_autocast_enabled('cpu')
+            and not torch.compiler.is_compiling())
+
+
 def conv2d(x, weight, bias, stride, padding, dilation, groups):
-    """``F.conv2d``, with the GEMM weight gradient where it is faster."""
+    """``F.conv2d``, with the faster backward parts above where they apply."""
     stride, padding, dilation = (_pair(v) for v in (stride, padding, dilation))
-    if isinstance(padding[0], int) and uses_gemm_weight_grad(x, weight, stride, dilation, groups):
-        return _GemmWeightGradConv2d.apply(x, weight, bias, stride, padding)
+    if isinstance(padding[0], int):
+        gemm = uses_gemm_weight_grad(x, weight, stride, dilation, groups)
+        if gemm or sums_bias_grad_apart(x, weight, bias):
+            return _CPUConv2d.apply(x, weight, bias, stride, padding, dilation, groups, gemm)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
@@ -45,26 +64,33 @@ def _pair(v):
     return v if isinstance(v, str) else tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-class _GemmWeightGradConv2d(torch.autograd.Function):
+class _CPUConv2d(torch.autograd.Function):
+    """``F.conv2d`` whose backward sums the bias gradient apart and, with ``gemm``,
+    takes the weight gradient from ``weight_grad``."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, gemm):
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
-        return F.conv2d(x, weight, bias, stride, padding)
+        ctx.geometry = stride, padding, dilation, groups
+        ctx.gemm = gemm
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        onednn_w = need_w and not ctx.gemm
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, list(ctx.stride), list(ctx.padding), [1, 1], False,
-                [0, 0], 1, [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            grad_w = weight_grad(grad, x, weight.shape, ctx.stride, ctx.padding)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if need_x or onednn_w:
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, list(stride), list(padding), list(dilation), False,
+                [0, 0], groups, [need_x, onednn_w, False])
+        if need_w and ctx.gemm:
+            grad_w = weight_grad(grad, x, weight.shape, stride, padding)
+        if need_b:
             grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def _first_inside(pad, phase, stride):

@@ -99,6 +99,20 @@ def _first_inside(pad, phase, stride):
     return u, stride * u + phase - pad
 
 
+def _fill_with_zero_border(dst, src, top, left):
+    """``dst[:, top:, left:]`` starts with ``src``; every other element of ``dst`` is 0.
+
+    Writing only the border spares a pass over the whole buffer (R-50 layer2.0:
+    32 MB) before the copy.
+    """
+    rows, cols = src.shape[1], src.shape[2]
+    dst[:, :top].zero_()
+    dst[:, top + rows:].zero_()
+    dst[:, top:top + rows, :left].zero_()
+    dst[:, top:top + rows, left + cols:].zero_()
+    dst[:, top:top + rows, left:left + cols] = src
+
+
 def weight_grad(grad, x, weight_shape, stride, padding):
     """Weight gradient of a dilation-1, groups-1 conv, as one GEMM per kernel tap."""
     out_ch, in_ch, kh, kw = weight_shape
@@ -107,7 +121,7 @@ def weight_grad(grad, x, weight_shape, stride, padding):
     # phase (a, b) holds padded-input pixel (sh*u + a, sw*v + b) at [u, v]; tap (i, j) of
     # output (y, x) reads phase (i % sh, j % sw) at (y + i // sh, x + j // sw)
     hq, wq = ho + (kh - 1) // sh + 1, wo + (kw - 1) // sw
-    phases = x.new_zeros(sh, sw, n, hq, wq, in_ch)
+    phases = x.new_empty(sh, sw, n, hq, wq, in_ch)
     x_nhwc = x.permute(0, 2, 3, 1)
     for a in range(sh):
         u0, r0 = _first_inside(ph, a, sh)
@@ -115,10 +129,10 @@ def weight_grad(grad, x, weight_shape, stride, padding):
             v0, c0 = _first_inside(pw, b, sw)
             src = x_nhwc[:, r0::sh, c0::sw]
             rows, cols = min(src.shape[1], hq - u0), min(src.shape[2], wq - v0)
-            phases[a, b, :, u0:u0 + rows, v0:v0 + cols] = src[:, :rows, :cols]
+            _fill_with_zero_border(phases[a, b], src[:, :rows, :cols], u0, v0)
     # gradient on the same (hq, wq) grid, zero where no output exists
-    grad_grid = grad.new_zeros(n, hq, wq, out_ch)
-    grad_grid[:, :ho, :wo] = grad.permute(0, 2, 3, 1)
+    grad_grid = grad.new_empty(n, hq, wq, out_ch)
+    _fill_with_zero_border(grad_grid, grad.permute(0, 2, 3, 1), 0, 0)
     positions = n * hq * wq
     grad_rows = grad_grid.view(positions, out_ch)
     out = grad.new_empty(out_ch, kh, kw, in_ch)  # channels_last weight layout

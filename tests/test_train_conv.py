@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import paired
-from resnet_backbone.train_conv import (conv2d, sums_bias_grad_apart, uses_gemm_weight_grad,
-                                        weight_grad)
+from resnet_backbone.train_conv import (_fill_with_zero_border, conv2d, sums_bias_grad_apart,
+                                        uses_gemm_weight_grad, weight_grad)
 
 CL = torch.channels_last
 
@@ -29,6 +29,18 @@ def test_weight_grad_matches_autograd_float64(n, c_in, c_out, h, w, k, stride, p
     ours = weight_grad(grad, x, weight.shape, (stride, stride), (pad, pad))
     assert ours.shape == weight.shape
     torch.testing.assert_close(ours, weight.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('top,left,rows,cols', [(0, 0, 5, 6), (1, 1, 4, 5), (0, 1, 5, 4),
+                                                (1, 0, 3, 6), (2, 2, 3, 3)])
+def test_fill_with_zero_border_leaves_nothing_of_the_old_buffer(top, left, rows, cols):
+    """The weight-gradient buffers are new_empty: every element but ``src`` must be 0."""
+    dst = torch.full((2, 5, 6, 3), float('nan'))
+    src = torch.randn(2, rows, cols, 3)
+    _fill_with_zero_border(dst, src, top, left)
+    want = torch.zeros(2, 5, 6, 3)
+    want[:, top:top + rows, left:left + cols] = src
+    assert torch.equal(dst, want)
 
 
 def _stage_conv_args(channels=128, size=(24, 20)):

@@ -86,9 +86,13 @@ GRAD_SAME_FLOOR = {'fp32': 1e-4, 'bf16': 3e-2}
 CP_MEMORY_FRACTION = 0.60
 
 TINY = dict(size='64x64', batch=1, depth=18, warmup=1, repeats=2, compile='off',
-            dcn_size='96x96', dcn_batch=1, detector_size='128x128', detector_batch=1)
+            dcn_size='96x96', dcn_batch=1, detector_size='128x128', detector_batch=1,
+            detector_repeats=2)
+# A Mask R-CNN iteration varies by about +-10% on the 2-core CPU (the heads' work and
+# their page faults), against a backbone difference of a few percent: more rounds.
 FULL = dict(size='800x1216', batch=1, depth=50, warmup=2, repeats=5, compile='off,on',
-            dcn_size='512x512', dcn_batch=2, detector_size=None, detector_batch=2)
+            dcn_size='512x512', dcn_batch=2, detector_size=None, detector_batch=2,
+            detector_repeats=9)
 DETECTOR_SIZE = {'cpu': '320x320', 'cuda': '800x1333'}
 MASK_RCNN_CONFIG = ('mask_rcnn', 'mask-rcnn_r50_fpn_1x_coco.py')
 
@@ -840,13 +844,21 @@ def quiet_mmengine_logger():
 
 class DetectorRunner:
     """One training iteration of a detector: ``model.train_step`` (data preprocessor,
-    losses, backward, optimizer step), as mmengine's train loop runs it."""
+    losses, backward, optimizer step), as mmengine's train loop runs it.
+
+    The k-th iteration of every runner starts from the same seed, so the random
+    proposal and RoI sampling (and with it the heads' work) is the same for each
+    implementation in a round: the rounds differ, the implementations do not.
+    """
 
     def __init__(self, impl, model, optim, data, device):
         self.impl, self.model, self.optim, self.data, self.device = (impl, model, optim, data,
                                                                      device)
+        self.iterations = 0
 
     def step(self):
+        torch.manual_seed(SEED + self.iterations)
+        self.iterations += 1
         log_vars = self.model.train_step(copy.copy(self.data), self.optim)
         synchronize(self.device)
         return log_vars
@@ -916,11 +928,10 @@ def run_detector(args, device, patterns, meter, log):
     alive = list(runners)
     losses = {}
     for r in list(alive):  # first iteration, same seed: the losses must agree
-        torch.manual_seed(SEED)
         if _guard(r, lambda r=r: losses.__setitem__(r.impl, r.step()), times, alive):
             rows[r.impl]['losses_first_iter'] = {k: float(torch.as_tensor(v).detach())
                                                   for k, v in losses[r.impl].items()}
-    timed_rounds(alive, args.warmup, args.repeats, device, times)
+    timed_rounds(alive, args.warmup, args.detector_repeats, device, times)
     for r in alive:
         if r.impl not in times.get('_errors', {}):
             try:
@@ -1114,8 +1125,9 @@ def markdown(result):
         '', f"Command: `{cfg['command']}`", '',
         f"Backbone R-{cfg['depth']}, input {cfg['batch']}x3x{cfg['size'][0]}x{cfg['size'][1]}"
         f"; DCN rows {cfg['dcn_batch']}x3x{cfg['dcn_size'][0]}x{cfg['dcn_size'][1]} (R-50-DCN, "
-        f"c3-c5); {cfg['warmup']} warm-up + {cfg['repeats']} timed steps per row, interleaved "
-        'round by round. `vs mmdet` = MMDetection median / row median (> 1 is faster). '
+        f"c3-c5); {cfg['warmup']} warm-up + {cfg['repeats']} timed steps per row "
+        f"({cfg.get('detector_repeats', cfg['repeats'])} for the detector rows, each round's "
+        'iteration seeded alike for both), interleaved round by round. `vs mmdet` = MMDetection median / row median (> 1 is faster). '
         'Checks are against MMDetection in eager float32: `out` = max relative output '
         'difference (eval), `grad` = max abs parameter-gradient difference / max |grad| '
         '(train; `same` = the same parameters get gradients, and their norm-wise error against '
@@ -1222,6 +1234,8 @@ def parse_args(argv=None):
     p.add_argument('--detector-size', type=_size,
                    help='detector input HxW (default 320x320 on CPU, 800x1333 on CUDA)')
     p.add_argument('--detector-batch', type=int, help='detector batch (default 2)')
+    p.add_argument('--detector-repeats', type=int,
+                   help='timed iterations per detector row (default 9)')
     p.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch default)')
     p.add_argument('--tf32', action='store_true', help='CUDA: allow TF32 in fp32 rows')
     p.add_argument('--cudnn-benchmark', action='store_true', help='CUDA: cudnn.benchmark=True')
@@ -1250,8 +1264,8 @@ def parse_args(argv=None):
         args.modes = list(DEFAULT_MODES)
     if args.detector and 'detector' not in args.modes:
         args.modes.append('detector')
-    if args.repeats < 1 or args.warmup < 0:
-        p.error('--repeats must be >= 1 and --warmup >= 0')
+    if args.repeats < 1 or args.detector_repeats < 1 or args.warmup < 0:
+        p.error('--repeats and --detector-repeats must be >= 1 and --warmup >= 0')
     return args
 
 
@@ -1317,7 +1331,8 @@ def _main(argv, log, progress):
                depth=args.depth, batch=args.batch, size=list(args.size),
                dcn_batch=args.dcn_batch, dcn_size=list(args.dcn_size),
                detector_batch=args.detector_batch, detector_size=list(args.detector_size),
-               warmup=args.warmup, repeats=args.repeats, modes=args.modes, dtypes=args.dtypes,
+               warmup=args.warmup, repeats=args.repeats,
+               detector_repeats=args.detector_repeats, modes=args.modes, dtypes=args.dtypes,
                channels_last=args.channels_last, compile=args.compile, only=patterns,
                tiny=args.tiny, reference=ref_impl)
 

@@ -79,13 +79,15 @@ def _pointwise_conv(x, weight, bias, conv, relu, add, add_in_place):
     map in, which writing into ``add`` spares.
     """
     geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    act = 'relu' if relu else 'none'
     if add is None:
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, act, [], '')
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry,
+                                                       'relu' if relu else 'none', [], '')
     op = torch.ops.mkldnn._convolution_pointwise_ if add_in_place \
         else torch.ops.mkldnn._convolution_pointwise
+    # the binary form takes no unary op as None (not 'none')
+    unary, algorithm = ('relu', '') if relu else (None, None)
     return op.binary(*((add, x) if add_in_place else (x, add)), weight, bias, *geometry,
-                     'add', 1.0, act if relu else None, [], '' if relu else None)
+                     'add', 1.0, unary, [], algorithm)
 
 
 @torch.no_grad()

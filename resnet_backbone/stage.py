@@ -28,8 +28,10 @@ class ResStage(nn.Sequential):
     the backward of a span then holds the activations of two blocks at once.
     Blocks run on their own (``block(x)``) still checkpoint one by one. Inside
     a span the blocks run through ``residual_in_weight_layout``, so forward
-    hooks on the blocks themselves do not fire there (hooks on the stage and
-    on the blocks' convs do).
+    hooks on the blocks themselves do not fire there; hooks on the stage do.
+    Hooks on a block's conv or norm modules fire only where those modules are
+    called: on CPU a foldable conv + BN runs as one ``F.conv2d`` with the
+    folded weight (``conv_norm``), inside a span or not.
 
     Where nothing needs gradients, a block's last conv writes its output into
     its input when that input is the previous block's output and no hook on

@@ -31,23 +31,26 @@ from .layout import is_channels_last
 MIN_CHANNELS = 128  # below it the GEMMs were not reliably faster (3-channel stem: 100x slower)
 
 
+def _cpu_float32_training(x, weight):
+    """The setting both parts apply in: a float32 channels_last CPU conv with gradients,
+    eager (inductor chooses on its own) and outside autocast."""
+    return (x.device.type == 'cpu' and x.dtype == weight.dtype == torch.float32
+            and torch.is_grad_enabled() and is_channels_last(x)
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
+
+
 def uses_gemm_weight_grad(x, weight, stride, dilation, groups):
     """Whether ``conv2d`` takes the GEMM weight-gradient path for these arguments."""
-    return (x.device.type == 'cpu' and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and weight.requires_grad
-            and torch.is_grad_enabled() and groups == 1 and max(stride) > 1
+    return (weight.requires_grad and groups == 1 and max(stride) > 1
             and tuple(dilation) == (1, 1) and weight.shape[2] * weight.shape[3] > 1
             and weight.shape[1] >= MIN_CHANNELS and weight.shape[0] >= MIN_CHANNELS
-            and is_channels_last(x) and not torch.is_autocast_enabled('cpu')
-            and not torch.compiler.is_compiling())
+            and _cpu_float32_training(x, weight))
 
 
 def sums_bias_grad_apart(x, weight, bias):
     """Whether ``conv2d`` computes the bias gradient as a separate channel sum."""
-    return (bias is not None and bias.requires_grad and torch.is_grad_enabled()
-            and x.device.type == 'cpu' and x.dtype == weight.dtype == bias.dtype == torch.float32
-            and is_channels_last(x) and not torch.is_autocast_enabled('cpu')
-            and not torch.compiler.is_compiling())
+    return (bias is not None and bias.requires_grad and bias.dtype == torch.float32
+            and _cpu_float32_training(x, weight))
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups):

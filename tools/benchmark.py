@@ -1127,7 +1127,8 @@ def markdown(result):
         f"; DCN rows {cfg['dcn_batch']}x3x{cfg['dcn_size'][0]}x{cfg['dcn_size'][1]} (R-50-DCN, "
         f"c3-c5); {cfg['warmup']} warm-up + {cfg['repeats']} timed steps per row "
         f"({cfg.get('detector_repeats', cfg['repeats'])} for the detector rows, each round's "
-        'iteration seeded alike for both), interleaved round by round. `vs mmdet` = MMDetection median / row median (> 1 is faster). '
+        'iteration seeded alike for both), interleaved round by round. '
+        '`vs mmdet` = MMDetection median / row median (> 1 is faster). '
         'Checks are against MMDetection in eager float32: `out` = max relative output '
         'difference (eval), `grad` = max abs parameter-gradient difference / max |grad| '
         '(train; `same` = the same parameters get gradients, and their norm-wise error against '

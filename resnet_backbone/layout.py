@@ -1,4 +1,4 @@
-"""Memory layouts: handing channels_last feature maps back as NCHW.
+"""Memory layouts: handing channels_last feature maps back as NCHW; zero-bordered buffers.
 
 On CPU, PyTorch's generic strided copy is slow for this permutation, and its
 2-D transpose runs on one thread. Copying blocks of 512 positions uses every
@@ -62,3 +62,17 @@ def to_nchw(x):
     if x.device.type != 'cpu' or not is_channels_last(x):
         return x.contiguous()
     return _ChannelsLastToNCHW.apply(x)
+
+
+def fill_with_zero_border(dst, src, top, left):
+    """``dst[:, top:, left:]`` starts with ``src``; every other element of ``dst`` is 0.
+
+    Writing only the border spares a pass over the whole buffer (R-50 layer2.0:
+    32 MB) before the copy.
+    """
+    rows, cols = src.shape[1], src.shape[2]
+    dst[:, :top].zero_()
+    dst[:, top + rows:].zero_()
+    dst[:, top:top + rows, :left].zero_()
+    dst[:, top:top + rows, left + cols:].zero_()
+    dst[:, top:top + rows, left:left + cols] = src

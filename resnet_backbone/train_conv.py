@@ -1,8 +1,13 @@
-"""Convolutions with gradients on CPU: a faster backward where oneDNN's is slow.
+"""Convolutions with gradients on CPU: faster where oneDNN's are slow or do more work.
+
+The wide 3x3 stride-1 convs (256+ channels: R-50's layer3 and layer4) run by
+Winograd's F(2x2, 3x3) (``winograd.py``), forward and backward: 2.25x fewer
+multiplies, 1.24-1.37x faster per conv with its gradients on the project's
+2-core AMD EPYC (256 channels at 50x76, 512 at 25x38; narrower convs or maps
+under 200 tiles were slower that way).
 
 Two parts of oneDNN's channels_last float32 backward run below the speed of
-the plain work they amount to on the project's 2-core AMD EPYC (R-50 at
-800x1216):
+the plain work they amount to there (R-50 at 800x1216):
 
 * The weight gradient of the stride-2 3x3 convs that open ResNet stages is up
   to 2x slower than the GEMMs it amounts to (layer2.0 68 vs 43 ms, layer3.0
@@ -26,13 +31,16 @@ the plain work they amount to on the project's 2-core AMD EPYC (R-50 at
 import torch
 import torch.nn.functional as F
 
-from .layout import is_channels_last
+from .layout import fill_with_zero_border, is_channels_last
+from .winograd import WinogradConv3x3
 
 MIN_CHANNELS = 128  # below it the GEMMs were not reliably faster (3-channel stem: 100x slower)
+WINOGRAD_MIN_CHANNELS = 256  # 128: 0.93-0.96x, 64: 0.55x
+WINOGRAD_MIN_TILES = 200  # 2x2 output tiles over the batch; 130: 0.89-0.93x, 216-256: 1.04-1.24x
 
 
 def _cpu_float32_training(x, weight):
-    """The setting both parts apply in: a float32 channels_last CPU conv with gradients,
+    """The setting all three parts apply in: a float32 channels_last CPU conv with gradients,
     eager (inductor chooses on its own) and outside autocast."""
     return (x.device.type == 'cpu' and x.dtype == weight.dtype == torch.float32
             and torch.is_grad_enabled() and is_channels_last(x)
@@ -47,6 +55,16 @@ def uses_gemm_weight_grad(x, weight, stride, dilation, groups):
             and _cpu_float32_training(x, weight))
 
 
+def uses_winograd(x, weight, stride, padding, dilation, groups):
+    """Whether ``conv2d`` computes this conv by Winograd's F(2x2, 3x3)."""
+    n, _, h, w = x.shape
+    return (tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+            and min(weight.shape[:2]) >= WINOGRAD_MIN_CHANNELS
+            and n * ((h + 1) // 2) * ((w + 1) // 2) >= WINOGRAD_MIN_TILES
+            and _cpu_float32_training(x, weight))
+
+
 def sums_bias_grad_apart(x, weight, bias):
     """Whether ``conv2d`` computes the bias gradient as a separate channel sum."""
     return (bias is not None and bias.requires_grad and bias.dtype == torch.float32
@@ -54,9 +72,11 @@ def sums_bias_grad_apart(x, weight, bias):
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups):
-    """``F.conv2d``, with the faster backward parts above where they apply."""
+    """``F.conv2d``, with the faster parts above where they apply."""
     stride, padding, dilation = (_pair(v) for v in (stride, padding, dilation))
     if isinstance(padding[0], int):
+        if uses_winograd(x, weight, stride, padding, dilation, groups):
+            return WinogradConv3x3.apply(x, weight, bias)
         gemm = uses_gemm_weight_grad(x, weight, stride, dilation, groups)
         if gemm or sums_bias_grad_apart(x, weight, bias):
             return _CPUConv2d.apply(x, weight, bias, stride, padding, dilation, groups, gemm)
@@ -102,20 +122,6 @@ def _first_inside(pad, phase, stride):
     return u, stride * u + phase - pad
 
 
-def _fill_with_zero_border(dst, src, top, left):
-    """``dst[:, top:, left:]`` starts with ``src``; every other element of ``dst`` is 0.
-
-    Writing only the border spares a pass over the whole buffer (R-50 layer2.0:
-    32 MB) before the copy.
-    """
-    rows, cols = src.shape[1], src.shape[2]
-    dst[:, :top].zero_()
-    dst[:, top + rows:].zero_()
-    dst[:, top:top + rows, :left].zero_()
-    dst[:, top:top + rows, left + cols:].zero_()
-    dst[:, top:top + rows, left:left + cols] = src
-
-
 def weight_grad(grad, x, weight_shape, stride, padding):
     """Weight gradient of a dilation-1, groups-1 conv, as one GEMM per kernel tap."""
     out_ch, in_ch, kh, kw = weight_shape
@@ -132,10 +138,10 @@ def weight_grad(grad, x, weight_shape, stride, padding):
             v0, c0 = _first_inside(pw, b, sw)
             src = x_nhwc[:, r0::sh, c0::sw]
             rows, cols = min(src.shape[1], hq - u0), min(src.shape[2], wq - v0)
-            _fill_with_zero_border(phases[a, b], src[:, :rows, :cols], u0, v0)
+            fill_with_zero_border(phases[a, b], src[:, :rows, :cols], u0, v0)
     # gradient on the same (hq, wq) grid, zero where no output exists
     grad_grid = grad.new_empty(n, hq, wq, out_ch)
-    _fill_with_zero_border(grad_grid, grad.permute(0, 2, 3, 1), 0, 0)
+    fill_with_zero_border(grad_grid, grad.permute(0, 2, 3, 1), 0, 0)
     positions = n * hq * wq
     grad_rows = grad_grid.view(positions, out_ch)
     out = grad.new_empty(out_ch, kh, kw, in_ch)  # channels_last weight layout

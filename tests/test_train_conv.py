@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import paired
-from resnet_backbone.train_conv import (_fill_with_zero_border, conv2d, sums_bias_grad_apart,
+from resnet_backbone.layout import fill_with_zero_border
+from resnet_backbone.train_conv import (conv2d, sums_bias_grad_apart,
                                         uses_gemm_weight_grad, weight_grad)
 
 CL = torch.channels_last
@@ -37,7 +38,7 @@ def test_fill_with_zero_border_leaves_nothing_of_the_old_buffer(top, left, rows,
     """The weight-gradient buffers are new_empty: every element but ``src`` must be 0."""
     dst = torch.full((2, 5, 6, 3), float('nan'))
     src = torch.randn(2, rows, cols, 3)
-    _fill_with_zero_border(dst, src, top, left)
+    fill_with_zero_border(dst, src, top, left)
     want = torch.zeros(2, 5, 6, 3)
     want[:, top:top + rows, left:left + cols] = src
     assert torch.equal(dst, want)

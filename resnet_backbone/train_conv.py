@@ -1,10 +1,21 @@
 """Convolutions with gradients on CPU: faster where oneDNN's are slow or do more work.
 
-The wide 3x3 stride-1 convs (256+ channels: R-50's layer3 and layer4) run by
-Winograd's F(2x2, 3x3) (``winograd.py``), forward and backward: 2.25x fewer
-multiplies, 1.24-1.37x faster per conv with its gradients on the project's
-2-core AMD EPYC (256 channels at 50x76, 512 at 25x38; narrower convs or maps
-under 200 tiles were slower that way).
+The wide 3x3 stride-1 convs on large maps (R-50's layer3 at detection sizes)
+run by Winograd's F(2x2, 3x3) (``winograd.py``), forward and backward: 2.25x
+fewer multiplies, paid for with memory-bound tile transforms. R-50 train step
+on the project's 2-core AMD EPYC, in-process A/B with and without it
+(alternating, medians of 11-15 rounds):
+
+    input        layer3 tiles   with     without
+    800x1216     950            2200     2298 ms
+    800x1216     950            2134     2247 ms
+    640x640      400             962      985 ms
+    512x512      256             655      655 ms
+    2x320x320    200             564      566 ms
+
+Timed alone, one conv went either way between runs (0.8-1.3x at 256
+channels), so the thresholds below follow the whole steps; at 128 channels
+(layer2) the transforms cost more than the GEMMs save (0.6-0.96x).
 
 Two parts of oneDNN's channels_last float32 backward run below the speed of
 the plain work they amount to there (R-50 at 800x1216):
@@ -35,8 +46,8 @@ from .layout import fill_with_zero_border, is_channels_last
 from .winograd import WinogradConv3x3
 
 MIN_CHANNELS = 128  # below it the GEMMs were not reliably faster (3-channel stem: 100x slower)
-WINOGRAD_MIN_CHANNELS = 256  # 128: 0.93-0.96x, 64: 0.55x
-WINOGRAD_MIN_TILES = 200  # 2x2 output tiles over the batch; 130: 0.89-0.93x, 216-256: 1.04-1.24x
+WINOGRAD_MIN_CHANNELS = 256
+WINOGRAD_MIN_TILES = 400  # 2x2 output tiles over the batch
 
 
 def _cpu_float32_training(x, weight):

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import fill_with_zero_border, is_channels_last
-from .winograd import WinogradConv3x3
+from .winograd import WinogradConv3x3, tile_grid
 
 MIN_CHANNELS = 128  # below it the GEMMs were not reliably faster (3-channel stem: 100x slower)
 WINOGRAD_MIN_CHANNELS = 256
@@ -68,11 +68,11 @@ def uses_gemm_weight_grad(x, weight, stride, dilation, groups):
 
 def uses_winograd(x, weight, stride, padding, dilation, groups):
     """Whether ``conv2d`` computes this conv by Winograd's F(2x2, 3x3)."""
-    n, _, h, w = x.shape
+    rows, cols = tile_grid(*x.shape[2:])
     return (tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
             and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
             and min(weight.shape[:2]) >= WINOGRAD_MIN_CHANNELS
-            and n * ((h + 1) // 2) * ((w + 1) // 2) >= WINOGRAD_MIN_TILES
+            and x.shape[0] * rows * cols >= WINOGRAD_MIN_TILES
             and _cpu_float32_training(x, weight))
 
 

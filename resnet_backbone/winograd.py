@@ -25,7 +25,8 @@ _G = ((1., 0., 0.), (.5, .5, .5), (.5, -.5, .5), (0., 0., 1.))
 TILES = 16  # elements of a transformed tile, indexed 4 * row + column
 
 
-def _tile_grid(h, w):
+def tile_grid(h, w):
+    """Rows and columns of 2x2 output tiles covering an h x w map."""
     return (h + 1) // 2, (w + 1) // 2
 
 
@@ -104,7 +105,7 @@ def _channels_last_empty(like, *shape):
 def conv3x3(x, weight, bias=None):
     """``F.conv2d(x, weight, bias, stride=1, padding=1)`` by F(2x2, 3x3); x channels_last."""
     n, _, h, w = x.shape
-    th, tw = _tile_grid(h, w)
+    th, tw = tile_grid(h, w)
     tiles = _input_tiles(x.permute(0, 2, 3, 1), th, tw)
     return _output_from_tiles(_gemm(tiles, _kernel_transform(weight), bias), n, th, tw, h, w)
 
@@ -140,7 +141,8 @@ def weight_grad(grad, x):
     """Weight gradient of ``conv3x3``: [K, C, 3, 3], channels_last strides."""
     n, c, h, w = x.shape
     k = grad.shape[1]
-    th, tw = _tile_grid(h, w)
+    th, tw = tile_grid(h, w)
+    # recomputed, not saved by the forward: the tiles take 4x the input's memory
     tiles = _input_tiles(x.permute(0, 2, 3, 1), th, tw)           # [P, 16, C]
     grad_tiles = _grad_tiles(grad.permute(0, 2, 3, 1), th, tw)    # [P, 16, K]
     per_tile = torch.bmm(grad_tiles.permute(1, 2, 0), tiles.transpose(0, 1))  # [16, K, C]

@@ -4,7 +4,7 @@ The wide 3x3 stride-1 convs on large maps (R-50's layer3 at detection sizes)
 run by Winograd's F(2x2, 3x3) (``winograd.py``), forward and backward: 2.25x
 fewer multiplies, paid for with memory-bound tile transforms. R-50 train step
 on the project's 2-core AMD EPYC, in-process A/B with and without it
-(alternating, medians of 11-15 rounds):
+(alternating, medians of 11-21 rounds):
 
     input        layer3 tiles   with     without
     800x1216     950            2200     2298 ms

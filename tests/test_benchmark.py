@@ -381,3 +381,50 @@ def test_tiny_on_cuda():
             assert row['check']['value'] <= 1e-4
     assert result['machine']['gpu'] == torch.cuda.get_device_name()
     assert 'max_memory_allocated' in result['memory_method']
+
+
+def test_isolate_runs_each_group_in_a_fresh_process(monkeypatch):
+    started = []
+    popen = benchmark.subprocess.Popen
+
+    def spy(cmd, **kwargs):
+        started.append(cmd)
+        return popen(cmd, **kwargs)
+
+    monkeypatch.setattr(benchmark.subprocess, 'Popen', spy)
+    argv = ['--tiny', '--modes', 'eval,train', '--dtypes', 'fp32', '--channels-last', 'off',
+            '--only', '*/ours,eval/*/torchvision']
+    progress = []
+    isolated = benchmark.main(argv + ['--isolate', '--threads', '1'], log=lambda line: None,
+                              progress=progress.append)
+    together, _ = quiet_main(argv)
+    ids = [r['id'] for r in together['rows']]
+    assert ids == ['eval/fp32/nchw/eager/mmdet', 'eval/fp32/nchw/eager/ours',
+                   'eval/fp32/nchw/eager/torchvision', 'train/fp32/nchw/eager/mmdet',
+                   'train/fp32/nchw/eager/ours']
+    assert [r['id'] for r in isolated['rows']] == ids
+    for row in isolated['rows']:
+        assert 'error' not in row and row['median_s'] > 0 and row['check'] is not None
+    groups = [cmd[cmd.index('--group') + 1] for cmd in started]
+    assert groups == ['eval/fp32/nchw/eager', 'train/fp32/nchw/eager']
+    assert all(cmd[cmd.index('--threads') + 1] == '1' and '--tiny' in cmd for cmd in started)
+    assert [line.split(' | ')[0] for line in progress if line.startswith('| eval')
+            or line.startswith('| train')] == ['| ' + i for i in ids]
+    assert isolated['config']['isolate'] is True
+    assert 'each setting in a fresh process' in benchmark.markdown(isolated)
+    assert 'fresh process' not in benchmark.markdown(together)
+
+
+def test_isolate_reports_a_failed_child_as_error_rows(monkeypatch):
+    argv_of = benchmark._child_argv
+    monkeypatch.setattr(benchmark, '_child_argv',
+                        lambda *a: argv_of(*a) + ['--size', 'not-a-size'])
+    result = benchmark.main(['--tiny', '--modes', 'train', '--dtypes', 'fp32',
+                             '--channels-last', 'off', '--only', '*/ours', '--isolate'],
+                            log=lambda line: None, progress=lambda line: None)
+    assert [r['id'] for r in result['rows']] == ['train/fp32/nchw/eager/mmdet',
+                                                 'train/fp32/nchw/eager/ours']
+    for row in result['rows']:
+        assert row['error'].startswith('isolated run failed (exit 2): ')
+        assert 'size must be HxW' in row['error']
+    assert result['acceptance'][2]['status'] == 'n/a'

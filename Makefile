@@ -15,7 +15,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 benchmark: setup
-	$(PY) tools/benchmark.py --detector --isolate --only '*/eager/*,eval/*/nchw/compiled/*' --out docs/benchmarks.json --markdown docs/benchmarks.md
+	$(PY) tools/benchmark.py --detector --only '*/eager/*,eval/*/nchw/compiled/*' --out docs/benchmarks.json --markdown docs/benchmarks.md
 
 clean-env:
 	rm -rf .venv

@@ -26,13 +26,6 @@ c3-c5, train step at --dcn-batch x 3 x --dcn-size), detector (Mask R-CNN
 R-50-FPN train iterations on a synthetic batch, with our backbone and with
 MMDetection's ResNet, from mmdet's own config; needs mmcv.ops).
 
-With ``--isolate`` each group runs in a fresh Python process. In one process a
-row depends on the settings that ran before it: on the 2-core CPU the R-50
-train step's ratio to MMDetection came out 1.142x after the eager eval rows
-and 1.224x after only the compiled ones (the state of the C allocator's heap
-changes how many fresh pages each step faults in; a training process runs
-one setting).
-
 Row ids are ``mode/dtype/layout/compile/impl``, e.g. ``eval/fp32/nchw/eager/ours``;
 ``--only`` takes comma-separated fnmatch patterns over them (the reference row
 of a selected group always runs).
@@ -43,7 +36,6 @@ Examples:
   python tools/benchmark.py --modes eval --dtypes fp32 --compile off --only '*/ours*'
   python tools/benchmark.py --detector --modes eval,train --compile off
   python tools/benchmark.py --tiny                            # seconds; used by the tests
-  python tools/benchmark.py --detector --isolate              # what `make benchmark` runs
   python tools/benchmark.py --from-json r.json --markdown docs/benchmarks.md  # re-render
 """
 import argparse
@@ -58,9 +50,7 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 
@@ -105,83 +95,6 @@ FULL = dict(size='800x1216', batch=1, depth=50, warmup=2, repeats=5, compile='of
             detector_repeats=9)
 DETECTOR_SIZE = {'cpu': '320x320', 'cuda': '800x1333'}
 MASK_RCNN_CONFIG = ('mask_rcnn', 'mask-rcnn_r50_fpn_1x_coco.py')
-
-
-# --------------------------------------------------------------------------- groups
-def groups(args):
-    """Every group the arguments ask for, in run order: (mode, dtype, layout, compile)."""
-    out = []
-    for mode in args.modes:
-        if mode in BACKBONE_MODES:
-            out += [(mode, dtype, LAYOUTS[c], COMPILES[k]) for dtype in args.dtypes
-                    for c in args.channels_last for k in args.compile]
-        else:  # dcn, detector: one setting each
-            out.append((mode, 'fp32', 'nchw', 'eager'))
-    return out
-
-
-def run_group(args, device, group, patterns, meter, progress):
-    mode, dtype, layout, compile_ = group
-    if mode == 'detector':
-        return run_detector(args, device, patterns, meter, progress)
-    return run_backbone_group(args, device, mode, dtype, layout, compile_, patterns, meter,
-                              progress)
-
-
-def _child_argv(args, group, out):
-    """Arguments that make a child process run ``group`` alone, as ``args`` would."""
-    hw = lambda v: f'{v[0]}x{v[1]}'  # noqa: E731
-    key = lambda table, value: next(k for k, v in table.items() if v == value)  # noqa: E731
-    mode, dtype, layout, compile_ = group
-    argv = ['--device', args.device, '--size', hw(args.size), '--batch', str(args.batch),
-            '--depth', str(args.depth), '--repeats', str(args.repeats),
-            '--warmup', str(args.warmup), '--modes', mode, '--dtypes', dtype,
-            '--channels-last', key(LAYOUTS, layout), '--compile', key(COMPILES, compile_),
-            '--dcn-size', hw(args.dcn_size), '--dcn-batch', str(args.dcn_batch),
-            '--detector-size', hw(args.detector_size),
-            '--detector-batch', str(args.detector_batch),
-            '--detector-repeats', str(args.detector_repeats),
-            '--group', '/'.join(group), '--out', out]
-    if args.only:
-        argv += ['--only', ','.join(args.only)]
-    if args.threads:
-        argv += ['--threads', str(args.threads)]
-    argv += [f'--{flag}' for flag in ('tf32', 'cudnn-benchmark', 'tiny')
-             if getattr(args, flag.replace('-', '_'))]
-    return argv
-
-
-def run_group_isolated(args, group, progress):
-    """``run_group`` in a fresh Python process: (rows, notes). Its rows are passed on to
-    ``progress`` as they finish; a child that fails leaves error rows."""
-    mode = group[0]
-    ids = [row_id(*group, impl) for impl in group_impls(mode)]
-    if not any(selected(rid, args.only or []) for rid in ids):
-        return [], []
-    ids = [rid for rid in ids if rid.endswith('/' + REFERENCE) or selected(rid, args.only or [])]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, 'group.json')
-        cmd = [sys.executable, os.path.abspath(__file__)] + _child_argv(args, group, out)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, cwd=ROOT)
-        tail = []
-        for line in proc.stderr:
-            line = line.rstrip('\n')
-            if line.startswith('| '):
-                progress(line)
-            elif line.strip():
-                tail = (tail + [line])[-5:]
-        code = proc.wait()
-        if code == 0 and os.path.exists(out):
-            with open(out) as f:
-                result = json.load(f)
-            return result['rows'], result.get('notes') or []
-    why = f'isolated run failed (exit {code}): ' + (' / '.join(tail)[-300:] or 'no output')
-    rows = [dict(id=rid, mode=mode, dtype=group[1], layout=group[2], compile=group[3],
-                 impl=rid.rsplit('/', 1)[1], error=why) for rid in ids]
-    for row in rows:
-        progress(format_row(row))
-    return rows, []
 
 
 # --------------------------------------------------------------------------- imports
@@ -1214,8 +1127,7 @@ def markdown(result):
         f"; DCN rows {cfg['dcn_batch']}x3x{cfg['dcn_size'][0]}x{cfg['dcn_size'][1]} (R-50-DCN, "
         f"c3-c5); {cfg['warmup']} warm-up + {cfg['repeats']} timed steps per row "
         f"({cfg.get('detector_repeats', cfg['repeats'])} for the detector rows, each round's "
-        'iteration seeded alike for both), interleaved round by round'
-        f"{', each setting in a fresh process' if cfg.get('isolate') else ''}. "
+        'iteration seeded alike for both), interleaved round by round. '
         '`vs mmdet` = MMDetection median / row median (> 1 is faster). '
         'Checks are against MMDetection in eager float32: `out` = max relative output '
         'difference (eval), `grad` = max abs parameter-gradient difference / max |grad| '
@@ -1278,13 +1190,6 @@ def emit(result, args, log):
 
 
 # --------------------------------------------------------------------------- CLI
-def _group(s):
-    parts = tuple(s.split('/'))
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f'group must be mode/dtype/layout/compile, got {s!r}')
-    return parts
-
-
 def _size(s):
     try:
         h, w = (int(v) for v in s.lower().split('x'))
@@ -1333,9 +1238,6 @@ def parse_args(argv=None):
     p.add_argument('--detector-repeats', type=int,
                    help='timed iterations per detector row (default 9)')
     p.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch default)')
-    p.add_argument('--isolate', action='store_true',
-                   help='run each group (mode x dtype x layout x compile) in a fresh process')
-    p.add_argument('--group', type=_group, help=argparse.SUPPRESS)  # the child of --isolate
     p.add_argument('--tf32', action='store_true', help='CUDA: allow TF32 in fp32 rows')
     p.add_argument('--cudnn-benchmark', action='store_true', help='CUDA: cudnn.benchmark=True')
     p.add_argument('--tiny', action='store_true',
@@ -1422,10 +1324,9 @@ def _main(argv, log, progress):
     machine = machine_info(device)
     log(f"benchmark on {device} ({machine.get('gpu') or machine.get('cpu_model')}), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; reference {ref_impl}")
-    if not args.group:  # a child of --isolate: its rows only
-        progress(f'peak memory: {meter.method}')
-        progress('rows as they finish:')
-        progress('| ' + ' | '.join(COLUMNS) + ' |')
+    progress(f'peak memory: {meter.method}')
+    progress('rows as they finish:')
+    progress('| ' + ' | '.join(COLUMNS) + ' |')
     rows = []
     cfg = dict(command='python tools/benchmark.py ' + ' '.join(argv), device=args.device,
                depth=args.depth, batch=args.batch, size=list(args.size),
@@ -1434,7 +1335,7 @@ def _main(argv, log, progress):
                warmup=args.warmup, repeats=args.repeats,
                detector_repeats=args.detector_repeats, modes=args.modes, dtypes=args.dtypes,
                channels_last=args.channels_last, compile=args.compile, only=patterns,
-               tiny=args.tiny, isolate=args.isolate, reference=ref_impl)
+               tiny=args.tiny, reference=ref_impl)
 
     def make_result(partial):
         return dict(
@@ -1453,16 +1354,21 @@ def _main(argv, log, progress):
             with open(args.out, 'w') as f:
                 json.dump(make_result(True), f, indent=1)
 
-    for group in groups(args):
-        if args.group and group != args.group:
-            continue
-        if args.isolate:
-            found, child_notes = run_group_isolated(args, group, progress)
-            notes += [n for n in child_notes if n not in notes]
-        else:
-            found = run_group(args, device, group, patterns, meter, progress)
-        rows += found
-        save_partial()
+    for mode in args.modes:
+        if mode in BACKBONE_MODES:
+            for dtype in args.dtypes:
+                for layout in (LAYOUTS[c] for c in args.channels_last):
+                    for compile_ in (COMPILES[c] for c in args.compile):
+                        rows += run_backbone_group(args, device, mode, dtype, layout, compile_,
+                                                   patterns, meter, progress)
+                        save_partial()
+        elif mode == 'dcn':
+            rows += run_backbone_group(args, device, 'dcn', 'fp32', 'nchw', 'eager', patterns,
+                                       meter, progress)
+            save_partial()
+        elif mode == 'detector':
+            rows += run_detector(args, device, patterns, meter, progress)
+            save_partial()
     if patterns and not rows:
         notes.append(f'no row id matched --only {",".join(patterns)} (ids are '
                      'mode/dtype/layout/compile/impl, e.g. eval/fp32/nchw/eager/ours)')

@@ -31,7 +31,8 @@ def conv_norm(x, conv, norm, relu=False, add=None, add_in_place=False):
     On CUDA an eval BN is one cuDNN kernel, cheaper than the few small kernels
     that refold the weight each call, so there the BN runs as it is. On CPU
     the conv itself goes through ``train_conv.conv2d`` (a faster backward:
-    the strided 3x3 convs' weight gradient, the bias gradient).
+    the strided 3x3 convs' weight gradient, the bias gradient; the sum and the
+    ReLU as post-ops with gradients too).
     """
     if not (_foldable_conv(conv) and x.device.type == 'cpu'):
         return add_relu(norm(conv(x)), relu, add)
@@ -47,8 +48,8 @@ def conv_norm(x, conv, norm, relu=False, add=None, add_in_place=False):
         return add_relu(norm(out), relu, add)
     if _pointwise_conv_applies(x, weight, bias, conv, add):
         return _pointwise_conv(x, weight, bias, conv, relu, add, add_in_place)
-    out = conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return add_relu(out, relu, add)
+    return conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                  relu=relu, add=add)
 
 
 def add_relu(out, relu=True, add=None):

@@ -38,6 +38,13 @@ the plain work they amount to there (R-50 at 800x1216):
   vs 22.9 ms for its whole backward, medians of 11). So the bias gradient is
   that sum. Whole R-50 train step, in-process A/B (medians of 9-11 rounds):
   2314 vs 2317, 2368 vs 2408 and 2407 vs 2459 ms.
+
+A conv followed by a ReLU or a block's residual sum runs them as oneDNN
+post-ops: the output is written once, instead of a write and then a
+read-modify-write each for the sum and the ReLU; the backward masks the
+gradient with the saved output, as ReLU's own backward does. R-50 layer2 at
+800x1216 (forward + backward, frozen_stages=1): 699 vs 717 ms, medians of 31
+alternating rounds; the gradients are bitwise those of the separate ops.
 """
 import torch
 import torch.nn.functional as F
@@ -82,38 +89,77 @@ def sums_bias_grad_apart(x, weight, bias):
             and _cpu_float32_training(x, weight))
 
 
-def conv2d(x, weight, bias, stride, padding, dilation, groups):
-    """``F.conv2d``, with the faster parts above where they apply."""
+def uses_fused_epilogue(x, weight, padding, relu, add):
+    """Whether ``conv2d`` adds ``add`` and applies the ReLU inside oneDNN's convolution."""
+    return ((relu or add is not None) and isinstance(padding[0], int)
+            and _cpu_float32_training(x, weight)  # first: it is False under torch.compile
+            and torch.backends.mkldnn.is_available()
+            and (add is None or (add.dtype == torch.float32 and is_channels_last(add))))
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups, relu=False, add=None):
+    """``relu(F.conv2d(...) + add)`` (each part where asked), with the faster parts
+    above where they apply."""
     stride, padding, dilation = (_pair(v) for v in (stride, padding, dilation))
     if isinstance(padding[0], int):
         if uses_winograd(x, weight, stride, padding, dilation, groups):
-            return WinogradConv3x3.apply(x, weight, bias)
+            return _add_relu(WinogradConv3x3.apply(x, weight, bias), relu, add)
         gemm = uses_gemm_weight_grad(x, weight, stride, dilation, groups)
-        if gemm or sums_bias_grad_apart(x, weight, bias):
-            return _CPUConv2d.apply(x, weight, bias, stride, padding, dilation, groups, gemm)
-    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        fused = uses_fused_epilogue(x, weight, padding, relu, add)
+        if gemm or fused or sums_bias_grad_apart(x, weight, bias):
+            out = _CPUConv2d.apply(x, weight, bias, add if fused else None, fused and relu,
+                                   stride, padding, dilation, groups, gemm)
+            return out if fused else _add_relu(out, relu, add)
+    return _add_relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups), relu, add)
+
+
+def _add_relu(out, relu, add):
+    if add is not None:
+        out += add  # in place, as MMDetection: no new full-size map
+    return F.relu(out, inplace=True) if relu else out
 
 
 def _pair(v):
     return v if isinstance(v, str) else tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
+def _convolution_with_epilogue(x, weight, bias, add, relu, stride, padding, dilation, groups):
+    """oneDNN convolution with ``+ add`` and the ReLU as post-ops: one write of the output
+    instead of a write, a read-modify-write for the sum and one for the ReLU."""
+    geometry = (list(padding), list(stride), list(dilation), groups)
+    if add is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry,
+                                                       'relu' if relu else 'none', [], '')
+    # the binary form takes no unary op as None (not 'none')
+    unary, algorithm = ('relu', '') if relu else (None, None)
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        x, add, weight, bias, *geometry, 'add', 1.0, unary, [], algorithm)
+
+
 class _CPUConv2d(torch.autograd.Function):
     """``F.conv2d`` whose backward sums the bias gradient apart and, with ``gemm``,
-    takes the weight gradient from ``weight_grad``."""
+    takes the weight gradient from ``weight_grad``; given ``add`` or ``relu``, the
+    forward adds ``add`` and applies the ReLU inside the convolution."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, gemm):
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, x, weight, bias, add, relu, stride, padding, dilation, groups, gemm):
         ctx.geometry = stride, padding, dilation, groups
-        ctx.gemm = gemm
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        ctx.gemm, ctx.relu = gemm, relu
+        if add is None and not relu:
+            ctx.save_for_backward(x, weight)
+            return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        out = _convolution_with_epilogue(x, weight, bias, add, relu, stride, padding,
+                                         dilation, groups)
+        ctx.save_for_backward(x, weight, out if relu else None)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+        x, weight, *out = ctx.saved_tensors
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, out[0], 0)
         stride, padding, dilation, groups = ctx.geometry
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_x, need_w, need_b, need_add = ctx.needs_input_grad[:4]
         onednn_w = need_w and not ctx.gemm
         grad_x = grad_w = grad_b = None
         if need_x or onednn_w:
@@ -124,7 +170,7 @@ class _CPUConv2d(torch.autograd.Function):
             grad_w = weight_grad(grad, x, weight.shape, stride, padding)
         if need_b:
             grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return (grad_x, grad_w, grad_b, grad if need_add else None) + (None,) * 6
 
 
 def _first_inside(pad, phase, stride):

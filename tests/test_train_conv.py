@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from helpers import paired
 from resnet_backbone.layout import fill_with_zero_border
-from resnet_backbone.train_conv import (conv2d, sums_bias_grad_apart,
+from resnet_backbone.train_conv import (conv2d, sums_bias_grad_apart, uses_fused_epilogue,
                                         uses_gemm_weight_grad, weight_grad)
 
 CL = torch.channels_last
@@ -84,6 +84,56 @@ def test_conv2d_sums_bias_grad_apart_with_pytorch_gradients(stride, k, needs_x):
     out = conv2d(x, weight, bias, stride, pad, 1, 1)
     assert type(out.grad_fn).__name__ == '_CPUConv2dBackward' and not out.grad_fn.gemm
     _check_grads_float64(out, (x, weight, bias), lambda *t: F.conv2d(*t, stride, pad))
+
+
+@pytest.mark.parametrize('stride,k,relu,with_add', [
+    (1, 1, True, True),    # a block's last conv: + shortcut, ReLU
+    (1, 1, True, False),   # conv1
+    (2, 3, True, False),   # a stage's strided conv2 (GEMM weight gradient too)
+    (1, 1, False, True),   # a sum without ReLU
+])
+def test_conv2d_sum_and_relu_inside_the_conv_with_pytorch_gradients(stride, k, relu, with_add):
+    """With gradients the sum and the ReLU run as oneDNN post-ops; values and the
+    gradients of x, weight, bias and the added map equal the separate ops'."""
+    x, weight, bias = _stage_conv_args()
+    weight = weight[:, :, :k, :k].detach().contiguous(memory_format=CL).requires_grad_()
+    pad = k // 2
+    out_size = (x.shape[2] + 2 * pad - k) // stride + 1, (x.shape[3] + 2 * pad - k) // stride + 1
+    add = torch.randn(2, 128, *out_size).contiguous(memory_format=CL).requires_grad_() \
+        if with_add else None
+    assert uses_fused_epilogue(x, weight, (pad, pad), relu, add)
+    out = conv2d(x, weight, bias, stride, pad, 1, 1, relu=relu, add=add)
+    assert type(out.grad_fn).__name__ == '_CPUConv2dBackward' and out.grad_fn.relu == relu
+
+    def separate(x, weight, bias, add=None):
+        y = F.conv2d(x, weight, bias, stride, pad)
+        y = y + add if add is not None else y
+        return F.relu(y) if relu else y
+    with torch.no_grad():
+        assert (out - separate(x, weight, bias, add)).abs().max() < 1e-5
+    _check_grads_float64(out, (x, weight, bias, add), separate)
+
+
+@pytest.mark.parametrize('case', ['nchw_add', 'no_grad', 'float64', 'nothing_to_fuse'])
+def test_conv2d_sum_and_relu_stay_separate_elsewhere(case):
+    x, weight, bias = _stage_conv_args(channels=32)
+    add = torch.randn(2, 32, 24, 20).contiguous(memory_format=CL)
+    relu = True
+    if case == 'nchw_add':
+        add = add.contiguous()
+    elif case == 'float64':
+        x, weight, bias, add = (t.detach().double().requires_grad_() for t in
+                                (x, weight, bias, add))
+    elif case == 'nothing_to_fuse':
+        add, relu = None, False
+    ctx = torch.no_grad() if case == 'no_grad' else torch.enable_grad()
+    with ctx:
+        assert not uses_fused_epilogue(x, weight, (1, 1), relu, add)
+        out = conv2d(x, weight, bias, 1, 1, 1, 1, relu=relu, add=add)
+        ref = F.conv2d(x, weight, bias, 1, 1, 1, 1)
+        ref = F.relu(ref + add) if relu else ref
+    assert not getattr(out.grad_fn, 'relu', False)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('case', ['nchw', 'stride1', 'few_channels', 'groups', 'float64',

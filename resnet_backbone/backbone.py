@@ -21,8 +21,8 @@ from .errors import check_bool, check_choice, check_int, check_int_sequence
 from .fusion import fold_conv_bn
 from .layout import is_channels_last, to_nchw
 from .norms import build_norm
-from .stage import ResStage
-from .stem import add_stem, forward_stem, stem_modules
+from .stage import ResStage, is_hooked
+from .stem import add_stem, forward_stem, forward_stem_and_pool, stem_modules
 
 ARCH_SETTINGS = {
     18: ('basic', (2, 2, 2, 2)),
@@ -439,10 +439,12 @@ class ResNetBackbone(BaseModule):
 
     def forward_features(self, x, to_caller=None):
         outs = []
-        x = forward_stem(self, x)
         if self.out_stem:
+            x = forward_stem(self, x)
             outs.append(to_caller(x) if to_caller else x)
-        x = self.maxpool(x)
+            x = self.maxpool(x)
+        else:
+            x = forward_stem_and_pool(self, x, hooked=is_hooked(self.maxpool))
         # a checkpointed stage stores its input: give it the map we return, held once
         share_outputs = to_caller is not None and self.with_cp and not self.preact \
             and torch.is_grad_enabled()

@@ -14,7 +14,7 @@ from .norms import eval_bn_scale_and_shift
 from .train_conv import conv2d
 
 
-def _foldable_conv(conv):
+def foldable_conv(conv):
     return type(conv) is nn.Conv2d and conv.padding_mode == 'zeros'
 
 
@@ -25,7 +25,7 @@ def conv_norm(x, conv, norm, relu=False, add=None, add_in_place=False):
     lands in the conv output, or, when nothing needs gradients and
     ``add_in_place`` says ``add`` is the caller's scratch map, in ``add``.
     Where nothing needs gradients (frozen stages, inference), the bias, the
-    sum and the ReLU run inside oneDNN's convolution (``_pointwise_conv``).
+    sum and the ReLU run inside oneDNN's convolution (``pointwise_conv``).
 
     Folding on the fly pays on CPU, where BN is a separate memory-bound pass.
     On CUDA an eval BN is one cuDNN kernel, cheaper than the few small kernels
@@ -34,22 +34,32 @@ def conv_norm(x, conv, norm, relu=False, add=None, add_in_place=False):
     the strided 3x3 convs' weight gradient, the bias gradient; the sum and the
     ReLU as post-ops with gradients too).
     """
-    if not (_foldable_conv(conv) and x.device.type == 'cpu'):
+    if not (foldable_conv(conv) and x.device.type == 'cpu'):
         return add_relu(norm(conv(x)), relu, add)
-    weight, bias = conv.weight, conv.bias
-    affine = eval_bn_scale_and_shift(norm)
-    if affine is not None:
-        scale, shift = affine
-        weight = weight * scale.reshape(-1, 1, 1, 1)
-        bias = shift if bias is None else bias * scale + shift
-    elif not isinstance(norm, nn.Identity):  # a BN on batch statistics, GN...
+    folded = folded_weight_and_bias(conv, norm)
+    if folded is None:  # a BN on batch statistics, GN...
         out = conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
                      conv.groups)
         return add_relu(norm(out), relu, add)
-    if _pointwise_conv_applies(x, weight, bias, conv, add):
-        return _pointwise_conv(x, weight, bias, conv, relu, add, add_in_place)
+    weight, bias = folded
+    if pointwise_conv_applies(x, weight, bias, conv, add):
+        return pointwise_conv(x, weight, bias, conv, relu, add, add_in_place)
     return conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                   relu=relu, add=add)
+
+
+def folded_weight_and_bias(conv, norm):
+    """The weight and bias of ``norm(conv(.))`` as one conv (differentiable), or None
+    where ``norm`` does not act as a fixed affine map (batch statistics, GN...)."""
+    weight, bias = conv.weight, conv.bias
+    if isinstance(norm, nn.Identity):
+        return weight, bias
+    affine = eval_bn_scale_and_shift(norm)
+    if affine is None:
+        return None
+    scale, shift = affine
+    return (weight * scale.reshape(-1, 1, 1, 1),
+            shift if bias is None else bias * scale + shift)
 
 
 def add_relu(out, relu=True, add=None):
@@ -59,7 +69,7 @@ def add_relu(out, relu=True, add=None):
     return F.relu(out, inplace=True) if relu else out
 
 
-def _pointwise_conv_applies(x, weight, bias, conv, add):
+def pointwise_conv_applies(x, weight, bias, conv, add):
     if torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
         return False  # inductor fuses on its own
     needs_grad = torch.is_grad_enabled() and (
@@ -72,7 +82,7 @@ def _pointwise_conv_applies(x, weight, bias, conv, add):
             and not torch.is_autocast_enabled('cpu'))
 
 
-def _pointwise_conv(x, weight, bias, conv, relu, add, add_in_place):
+def pointwise_conv(x, weight, bias, conv, relu, add, add_in_place):
     """oneDNN convolution with the bias, the sum and the ReLU as post-ops (no grad).
 
     The separate ``+=`` and ReLU each pass over the whole output; the largest
@@ -95,7 +105,7 @@ def _pointwise_conv(x, weight, bias, conv, relu, add, add_in_place):
 def fold_conv_bn(conv, norm):
     """Return a new ``nn.Conv2d`` equal to ``norm(conv(.))`` for an eval-mode BN."""
     affine = eval_bn_scale_and_shift(norm)
-    if affine is None or not _foldable_conv(conv):
+    if affine is None or not foldable_conv(conv):
         return None
     scale, shift = affine
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,

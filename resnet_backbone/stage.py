@@ -6,9 +6,9 @@ from torch.utils.checkpoint import checkpoint
 CHECKPOINT_SPAN = 2  # blocks per with_cp checkpoint
 
 
-def _hooked(block):
-    """Whether a forward (pre-)hook may keep ``block``'s input or output."""
-    return bool(block._forward_hooks or block._forward_pre_hooks
+def is_hooked(module):
+    """Whether a forward (pre-)hook may keep ``module``'s input or output."""
+    return bool(module._forward_hooks or module._forward_pre_hooks
                 or module_hooks._global_forward_hooks
                 or module_hooks._global_forward_pre_hooks)
 
@@ -44,8 +44,8 @@ class ResStage(nn.Sequential):
         from_block = None  # the block of this call that produced x
         while i < len(blocks):
             if not blocks[i].checkpoints(x):
-                scratch = from_block is not None and not (_hooked(from_block)
-                                                          or _hooked(blocks[i]))
+                scratch = from_block is not None and not (is_hooked(from_block)
+                                                           or is_hooked(blocks[i]))
                 x = blocks[i](x, input_is_scratch=scratch)
                 from_block = blocks[i]
                 i += 1

@@ -90,13 +90,13 @@ def test_conv_norm_falls_back_for_training_bn():
 def _count_pointwise_convs(monkeypatch):
     """Record (relu, add, add_in_place) of each oneDNN post-op conv."""
     import resnet_backbone.fusion as fusion
-    calls, run = [], fusion._pointwise_conv
+    calls, run = [], fusion.pointwise_conv
 
     def record(x, weight, bias, conv, relu, add, add_in_place):
         calls.append((relu, add is not None, add_in_place))
         return run(x, weight, bias, conv, relu, add, add_in_place)
 
-    monkeypatch.setattr(fusion, '_pointwise_conv', record)
+    monkeypatch.setattr(fusion, 'pointwise_conv', record)
     return calls
 
 
@@ -113,7 +113,7 @@ def test_no_grad_convs_fuse_bias_sum_and_relu(monkeypatch):
     assert calls.count((True, True, True)) == 3 + 4 + 6 + 3  # every block, in place
     assert calls.count((True, False, False)) == 1 + 2 * 16  # stem, conv1 and conv2
     assert calls.count((False, False, False)) == 4  # downsample convs
-    monkeypatch.setattr(fusion, '_pointwise_conv_applies', lambda *args: False)
+    monkeypatch.setattr(fusion, 'pointwise_conv_applies', lambda *args: False)
     with torch.no_grad():
         assert rel_diff(fused, model(x)) < 1e-5
     frozen = randomize(ResNetBackbone(depth=50, base_channels=16, frozen_stages=1)).train()
@@ -121,6 +121,34 @@ def test_no_grad_convs_fuse_bias_sum_and_relu(monkeypatch):
     calls = _count_pointwise_convs(monkeypatch)
     frozen(x)  # grad mode: only the frozen stem and layer1 fuse
     assert calls.count((True, True, True)) == 3 and len(calls) == 1 + 3 * 3 + 1
+
+
+@pytest.mark.parametrize('size,batch,frozen', [((160, 224), 1, 1), ((163, 229), 2, 1),
+                                                ((161, 231), 1, -1), ((166, 230), 1, 0)])
+def test_banded_stem_equals_stem_then_pool(monkeypatch, size, batch, frozen):
+    """The frozen stem runs in bands of pooled rows (odd sizes: short last bands, the
+    padding rows at both ends) with the result of the whole-map stem + max-pool;
+    without it (a trainable stem, a max-pool hook) the modules run as they are."""
+    import resnet_backbone.stem as stem
+    model = randomize(ResNetBackbone(depth=18, frozen_stages=frozen, norm_eval=True)).train()
+    x = torch.randn(batch, 3, *size)
+    bands = []
+    run = stem._banded_stem_and_pool
+    monkeypatch.setattr(stem, '_banded_stem_and_pool',
+                        lambda *args: bands.append(1) or run(*args))
+    monkeypatch.setattr(stem, 'POOL_BAND_ROWS', 8)
+    banded = model(x)
+    assert bool(bands) == (frozen >= 0)
+    monkeypatch.setattr(stem, 'POOL_BAND_ROWS', 10 ** 6)
+    whole = model(x)
+    assert max_diff(banded, whole) <= 1e-6 * max(o.abs().max().item() for o in whole)
+    seen = []
+    model.maxpool.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    bands.clear()
+    monkeypatch.setattr(stem, 'POOL_BAND_ROWS', 8)
+    with torch.no_grad():
+        model(x)
+    assert not bands and seen == [(batch, 64, (size[0] + 1) // 2, (size[1] + 1) // 2)]
 
 
 def test_no_grad_sum_keeps_maps_that_others_hold():

@@ -54,6 +54,35 @@ def test_norm_eval_training_folds_with_same_gradients():
             assert torch.allclose(grads[name].grad, p.grad, rtol=1e-7, atol=1e-9), name
 
 
+def test_training_folds_bn_only_where_the_weight_is_the_smaller_side():
+    """In training a BN is folded into its conv where the conv's weight is smaller than
+    its output map, and runs on the output where the weight is larger (there it costs
+    less); frozen stages and eval always fold. Either way mmdet's gradients."""
+    cfg = dict(type='ResNet', depth=50, frozen_stages=1, norm_eval=True)
+    ref, ours = paired(cfg)
+    ref, ours = ref.double(), ours.double()
+    called = set()
+    for name, m in ours.named_modules():
+        if isinstance(m, _BatchNorm):
+            m.register_forward_hook(lambda *a, n=name: called.add(n))
+    x = torch.randn(2, 3, 256, 320, dtype=torch.float64)
+    for m in (ref, ours):
+        m.train()
+        sum((o * o).mean() for o in m(x)).backward()
+    # layer4 at 2x8x10: every weight is larger than its output; layer2 at 2x32x40: none is
+    assert {n for n in called if n.startswith('layer4.')} == {
+        f'layer4.{i}.bn{k}' for i in range(3) for k in (1, 2, 3)} | {'layer4.0.downsample.1'}
+    assert not any(n.startswith(('bn1', 'layer1.', 'layer2.')) for n in called)
+    grads = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[name].grad, p.grad, rtol=1e-7, atol=1e-9), name
+    called.clear()
+    ours.eval()
+    ours(x)
+    assert not called
+
+
 @pytest.mark.parametrize('deep_stem', [False, True])
 def test_fuse_matches_and_refuses_training(deep_stem):
     model = randomize(ResNetBackbone(depth=50, base_channels=16, deep_stem=deep_stem,

@@ -209,11 +209,20 @@ def test_resnet50_train_step_uses_it_with_mmdet_gradients():
                 node += [f for f, _ in fn.next_functions]
         sum((o * o).mean() for o in outs).backward()
     assert len(taken) == 3  # layer2.0, layer3.0 and layer4.0 conv2
+    # Where float32 rounding moves a pre-activation across zero, that position's
+    # gradient changes by its whole value (a ReLU mask flip; here one of layer4.0's
+    # 2x2048x3x4 outputs, at 1.4e-7 in float64): the parameters behind it then differ
+    # by up to ~5e-4 norm-wise, all parameters together by ~6e-5. A wrong term would
+    # be O(1).
     grads = dict(ours.named_parameters())
+    num = den = 0.0
     for name, p in ref.named_parameters():
         if p.grad is not None:
             got = grads[name].grad
-            assert (got - p.grad).norm() <= 1e-4 * p.grad.norm() + 1e-12, name
+            assert (got - p.grad).norm() <= 2e-3 * p.grad.norm() + 1e-12, name
+            num += (got - p.grad).square().sum().item()
+            den += p.grad.square().sum().item()
+    assert (num / den) ** 0.5 <= 1e-4
 
 
 def test_bench_conv_wgrad_tool_tiny():

@@ -164,7 +164,9 @@ def test_dcn_combinations(variant):
     ref_out, ref_grad = run_with_grad(ref, x, True)
     out, grad = run_with_grad(other, xin, True)
     assert max_diff(out, ref_out) <= 1e-4
-    assert (grad - ref_grad).abs().max().item() <= 1e-4
+    # relative: the input gradient reaches |33| here, and a frozen stage folds its BN
+    # where the trainable one may run it on the output (float32 rounding apart)
+    assert (grad - ref_grad).abs().max().item() <= 1e-5 * ref_grad.abs().max().item()
 
 
 def test_bf16_autocast_cpu():

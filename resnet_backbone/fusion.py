@@ -7,11 +7,10 @@ the forward and in the backward, and the gradients of W, gamma and beta still
 flow through ``W * s`` and ``b``.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .norms import eval_bn_scale_and_shift
-from .train_conv import conv2d
+from .train_conv import add_relu, conv2d, convolution_with_post_ops
 
 
 def foldable_conv(conv):
@@ -82,13 +81,6 @@ def folded_weight_and_bias(conv, norm):
             shift if bias is None else bias * scale + shift)
 
 
-def add_relu(out, relu=True, add=None):
-    """``out (+ add)`` in place, then ReLU in place if ``relu``."""
-    if add is not None:
-        out += add  # in place, as MMDetection: no new full-size map
-    return F.relu(out, inplace=True) if relu else out
-
-
 def pointwise_conv_applies(x, weight, bias, conv, add):
     if torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available():
         return False  # inductor fuses on its own
@@ -109,16 +101,8 @@ def pointwise_conv(x, weight, bias, conv, relu, add, add_in_place):
     maps (R-50 C2, 62 MB at 800x1216) are also new allocations the kernel must
     map in, which writing into ``add`` spares.
     """
-    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    if add is None:
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry,
-                                                       'relu' if relu else 'none', [], '')
-    op = torch.ops.mkldnn._convolution_pointwise_ if add_in_place \
-        else torch.ops.mkldnn._convolution_pointwise
-    # the binary form takes no unary op as None (not 'none')
-    unary, algorithm = ('relu', '') if relu else (None, None)
-    return op.binary(*((add, x) if add_in_place else (x, add)), weight, bias, *geometry,
-                     'add', 1.0, unary, [], algorithm)
+    return convolution_with_post_ops(x, weight, bias, conv.stride, conv.padding, conv.dilation,
+                                     conv.groups, relu, add, add_in_place)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from torch import nn
 from .fusion import (conv_norm, foldable_conv, folded_weight_and_bias,
                      pointwise_conv_applies)
 from .norms import build_norm
+from .train_conv import convolution_with_post_ops
 
 POOL_BAND_ROWS = 16  # max-pool output rows per band of the banded stem
 
@@ -104,9 +105,8 @@ def _banded_stem_and_pool(x, weight, bias, conv):
         band = x[:, :, max(0, i0):min(h, i1)]
         if i0 < 0 or i1 > h:
             band = F.pad(band, (0, 0, max(0, -i0), max(0, i1 - h)))
-        stem = torch.ops.mkldnn._convolution_pointwise(
-            band.contiguous(memory_format=torch.channels_last), weight, bias, [0, pw],
-            [sh, sw], [1, 1], 1, 'relu', [], '')
+        stem = convolution_with_post_ops(band.contiguous(memory_format=torch.channels_last),
+                                         weight, bias, (sh, sw), (0, pw), (1, 1), 1, relu=True)
         # the stem ends in a ReLU, so zero rows pad the pool as -inf would
         top, bottom = s0 - (2 * m0 - 1), 2 * m1 - s1
         if top or bottom:

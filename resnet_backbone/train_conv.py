@@ -103,17 +103,18 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, relu=False, add=N
     stride, padding, dilation = (_pair(v) for v in (stride, padding, dilation))
     if isinstance(padding[0], int):
         if uses_winograd(x, weight, stride, padding, dilation, groups):
-            return _add_relu(WinogradConv3x3.apply(x, weight, bias), relu, add)
+            return add_relu(WinogradConv3x3.apply(x, weight, bias), relu, add)
         gemm = uses_gemm_weight_grad(x, weight, stride, dilation, groups)
         fused = uses_fused_epilogue(x, weight, padding, relu, add)
         if gemm or fused or sums_bias_grad_apart(x, weight, bias):
             out = _CPUConv2d.apply(x, weight, bias, add if fused else None, fused and relu,
                                    stride, padding, dilation, groups, gemm)
-            return out if fused else _add_relu(out, relu, add)
-    return _add_relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups), relu, add)
+            return out if fused else add_relu(out, relu, add)
+    return add_relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups), relu, add)
 
 
-def _add_relu(out, relu, add):
+def add_relu(out, relu=True, add=None):
+    """``out (+ add)`` in place, then ReLU in place if ``relu``."""
     if add is not None:
         out += add  # in place, as MMDetection: no new full-size map
     return F.relu(out, inplace=True) if relu else out
@@ -123,17 +124,21 @@ def _pair(v):
     return v if isinstance(v, str) else tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _convolution_with_epilogue(x, weight, bias, add, relu, stride, padding, dilation, groups):
-    """oneDNN convolution with ``+ add`` and the ReLU as post-ops: one write of the output
-    instead of a write, a read-modify-write for the sum and one for the ReLU."""
+def convolution_with_post_ops(x, weight, bias, stride, padding, dilation, groups, relu=False,
+                              add=None, add_in_place=False):
+    """oneDNN convolution with the bias, ``+ add`` and the ReLU as post-ops (no autograd):
+    one write of the output instead of a write, a read-modify-write for the sum and
+    one for the ReLU. ``add_in_place``: the result is written into ``add``."""
     geometry = (list(padding), list(stride), list(dilation), groups)
     if add is None:
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry,
                                                        'relu' if relu else 'none', [], '')
+    op = torch.ops.mkldnn._convolution_pointwise_ if add_in_place \
+        else torch.ops.mkldnn._convolution_pointwise
     # the binary form takes no unary op as None (not 'none')
     unary, algorithm = ('relu', '') if relu else (None, None)
-    return torch.ops.mkldnn._convolution_pointwise.binary(
-        x, add, weight, bias, *geometry, 'add', 1.0, unary, [], algorithm)
+    return op.binary(*((add, x) if add_in_place else (x, add)), weight, bias, *geometry,
+                     'add', 1.0, unary, [], algorithm)
 
 
 class _CPUConv2d(torch.autograd.Function):
@@ -148,8 +153,8 @@ class _CPUConv2d(torch.autograd.Function):
         if add is None and not relu:
             ctx.save_for_backward(x, weight)
             return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        out = _convolution_with_epilogue(x, weight, bias, add, relu, stride, padding,
-                                         dilation, groups)
+        out = convolution_with_post_ops(x, weight, bias, stride, padding, dilation, groups,
+                                        relu, add)
         ctx.save_for_backward(x, weight, out if relu else None)
         return out
 

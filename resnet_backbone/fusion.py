@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .norms import eval_bn_scale_and_shift
-from .train_conv import add_relu, conv2d, convolution_with_post_ops
+from .train_conv import add_relu, conv2d, conv_output_size, convolution_with_post_ops
 
 
 def foldable_conv(conv):
@@ -61,9 +61,8 @@ def _norm_on_output_is_cheaper(x, conv):
     if not (conv.training and conv.weight.requires_grad and torch.is_grad_enabled()) \
             or isinstance(conv.padding, str):
         return False
-    rows, cols = ((size + 2 * pad - dil * (k - 1) - 1) // stride + 1 for size, pad, dil, k, stride
-                  in zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size,
-                         conv.stride))
+    rows, cols = map(conv_output_size, x.shape[2:], conv.kernel_size, conv.stride,
+                     conv.padding, conv.dilation)
     return conv.weight.numel() > x.shape[0] * conv.out_channels * rows * cols
 
 

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .fusion import (conv_norm, foldable_conv, folded_weight_and_bias,
                      pointwise_conv_applies)
 from .norms import build_norm
-from .train_conv import convolution_with_post_ops
+from .train_conv import conv_output_size, convolution_with_post_ops
 
 POOL_BAND_ROWS = 16  # max-pool output rows per band of the banded stem
 
@@ -78,22 +79,19 @@ def _banded_stem_params(backbone, x):
     weight, bias = folded
     standard_pool = (_pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding),
                      _pair(pool.dilation)) == ((3, 3), (2, 2), (1, 1), (1, 1))
-    stem_rows = (x.shape[2] + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    stem_rows = conv_output_size(x.shape[2], conv.kernel_size[0], conv.stride[0],
+                                 conv.padding[0])
     return ((weight, bias, conv) if standard_pool and not pool.ceil_mode
             and not pool.return_indices and conv.dilation == (1, 1) and conv.groups == 1
             and stem_rows > 2 * POOL_BAND_ROWS
             and pointwise_conv_applies(x, weight, bias, conv, None) else None)
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
 def _banded_stem_and_pool(x, weight, bias, conv):
     n, _, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    stem_h, stem_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    out_h, out_w = (stem_h - 1) // 2 + 1, (stem_w - 1) // 2 + 1
+    stem_h, stem_w = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    out_h, out_w = conv_output_size(stem_h, 3, 2, 1), conv_output_size(stem_w, 3, 2, 1)
     out = torch.empty((n, weight.shape[0], out_h, out_w), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
     for m0 in range(0, out_h, POOL_BAND_ROWS):

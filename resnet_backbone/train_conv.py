@@ -124,6 +124,11 @@ def _pair(v):
     return v if isinstance(v, str) else tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
+def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
+    """Length of a conv's (or floor-mode pool's) output along one axis."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def convolution_with_post_ops(x, weight, bias, stride, padding, dilation, groups, relu=False,
                               add=None, add_in_place=False):
     """oneDNN convolution with the bias, ``+ add`` and the ReLU as post-ops (no autograd):

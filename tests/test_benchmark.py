@@ -275,6 +275,23 @@ def test_detector_rows(tmp_path):
     assert ours['loss_max_abs_diff'] < 1e-3
     _, table = parse_table('\n'.join(lines))
     check_table_matches(rows, table)
+    verdict, = [a for a in result['acceptance'] if a['name'].startswith('Mask R-CNN')]
+    assert verdict['status'] == ('PASS' if ours['ratio_vs_ref'] >= 1.0 else 'FAIL')
+    paired = [a / b for a, b in zip(ref['times_s'], ours['times_s'])]
+    assert verdict['detail'] == (
+        f"{ours['ratio_vs_ref']:.3f}x ({ours['median_s']:.3f} s/iter vs {ref['median_s']:.3f}; "
+        f"1x3x64x64; per-round ratios {min(paired):.3f}-{max(paired):.3f})")
+
+
+def test_detector_rows_default_to_the_configs_training_scale():
+    """The zoo config resizes to 1333x800: the default synthetic batch is that size,
+    two images, on CPU as on CUDA; --tiny and --detector-size override it."""
+    for device in ('cpu', 'cuda'):  # parsing only: no CUDA needed
+        args = benchmark.parse_args(['--device', device, '--detector'])
+        assert (args.detector_batch, args.detector_size) == (2, (800, 1333))
+        assert args.detector_repeats >= 5 and 'detector' in args.modes
+    assert benchmark.parse_args(['--detector', '--tiny']).detector_size == (128, 128)
+    assert benchmark.parse_args(['--detector-size', '320x320']).detector_size == (320, 320)
 
 
 def test_detector_iterations_are_seeded_alike_per_round():

@@ -89,9 +89,9 @@ TINY = dict(size='64x64', batch=1, depth=18, warmup=1, repeats=2, compile='off',
             dcn_size='96x96', dcn_batch=1, detector_size='128x128', detector_batch=1,
             detector_repeats=2)
 # The detector rows train on the batch the zoo config's pipeline makes (images resized
-# to 1333x800), on every device: about 20 s per iteration on the 2-core CPU, whose
-# per-round ratios spread little there. Small images vary more (+-10% per iteration
-# at 320x320, where the heads dominate): give them more rounds (--detector-repeats).
+# to 1333x800), on every device: 20-26 s per iteration on the 2-core CPU, hence 5
+# rounds. Small images vary more (+-10% per iteration at 320x320, where the heads
+# dominate): give them more rounds (--detector-repeats).
 FULL = dict(size='800x1216', batch=1, depth=50, warmup=2, repeats=5, compile='off,on',
             dcn_size='512x512', dcn_batch=2, detector_size='800x1333', detector_batch=2,
             detector_repeats=5)

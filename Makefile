@@ -1,12 +1,15 @@
 # Two commands do everything (each sets up .venv/ first, idempotently):
-#   make demo   train + evaluate Mask R-CNN on the bundled synthetic demo data (CPU)
+#   make demo   train + evaluate Mask R-CNN on the bundled synthetic demo data
 #   make test   run the test suite
+# mmcv's op kernels: torchvision's (default, nothing to compile), or mmcv's own compiled
+# ops with `make setup MMCV_OPS=compiled` (later make calls keep what .venv/ has).
 PY := .venv/bin/python
+MMCV_OPS ?=
 
 .PHONY: setup demo test benchmark clean-env
 
 setup:
-	bash tools/setup_env.sh
+	MMCV_OPS=$(MMCV_OPS) bash tools/setup_env.sh
 
 demo: setup
 	$(PY) tools/demo.py

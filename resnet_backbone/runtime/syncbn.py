@@ -44,6 +44,7 @@ def syncbn_fallback(norm_cfg):
     """
     if not isinstance(norm_cfg, dict) or norm_cfg.get('type') not in SYNC_BN_TYPES:
         return norm_cfg
+    norm_cfg = mmsyncbn_fallback(norm_cfg)
     if is_distributed():
         return norm_cfg
     cfg = {k: v for k, v in norm_cfg.items() if k not in _SYNC_ONLY_KEYS}
@@ -55,12 +56,33 @@ def syncbn_fallback(norm_cfg):
     return cfg
 
 
+def mmsyncbn_fallback(norm_cfg):
+    """``type='MMSyncBN'`` becomes torch's ``'SyncBN'`` where mmcv has no compiled ops.
+
+    mmcv's MMSyncBN runs its own kernels, which the torchvision stand-in for
+    mmcv's ops (:mod:`resnet_backbone.mmcv_ext`) does not provide; torch's
+    SyncBatchNorm has the same parameters and statistics. Warns once.
+    """
+    if norm_cfg.get('type') != 'MMSyncBN':
+        return norm_cfg
+    from ..mmcv_ext import mmcv_ext_kind
+    if mmcv_ext_kind() == 'compiled':
+        return norm_cfg
+    cfg = {k: v for k, v in norm_cfg.items() if k not in ('group', 'stats_mode')}
+    cfg['type'] = 'SyncBN'
+    _warn_once(('cfg', 'MMSyncBN-kernels'),
+               "norm_cfg type='MMSyncBN' needs mmcv's compiled ops, and this mmcv runs "
+               "torchvision kernels instead: using type='SyncBN' (torch's SyncBatchNorm, the "
+               'same parameters and statistics).')
+    return cfg
+
+
 def _sync_bn_classes():
     classes = [torch.nn.SyncBatchNorm]
     try:
         from mmcv.ops import SyncBatchNorm as MMSyncBatchNorm
         classes.append(MMSyncBatchNorm)
-    except ImportError:  # mmcv without compiled ops
+    except ImportError:  # mmcv without ops and without the stand-in _ext
         pass
     return tuple(classes)
 

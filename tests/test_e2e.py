@@ -12,6 +12,7 @@ import pickle
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,81 @@ def test_test_tool_format_only(trained, data_root):
     with open(osp.join(work, 'raw.pkl'), 'rb') as f:
         raw = pickle.load(f)
     assert len(raw) == 4 and 'pred_instances' in raw[0]
+
+
+# ------------------------------------- MMDetection's own entry points, no compiled mmcv
+def mmdet_tool(name):
+    import mmdet
+    return osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', name)
+
+
+def test_mmdet_own_train_and_test_tools_run_our_config(data_root, tmp_path):
+    """MMDetection's tools/train.py and tools/test.py (mmdet/.mim/tools), unmodified, with
+    this project's demo config: test.py imports mmcv.ops before the config's custom_imports."""
+    work = str(tmp_path / 'mmdet_tools')
+    env = dict(tool_env(), SHAPES_ROOT=data_root.rstrip('/') + '/')
+    train = subprocess.run(
+        [sys.executable, mmdet_tool('train.py'), DEMO, '--work-dir', work, '--cfg-options',
+         'train_cfg.max_iters=2', 'train_cfg.val_interval=100', 'train_dataloader.batch_size=2',
+         'default_hooks.checkpoint.interval=2'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, explain(train)
+    ckpt = osp.join(work, 'iter_2.pth')
+    assert osp.isfile(ckpt), explain(train)
+    test = subprocess.run([sys.executable, mmdet_tool('test.py'), DEMO, ckpt, '--work-dir', work],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert test.returncode == 0, explain(test)
+    out = test.stdout + test.stderr
+    assert 'Load checkpoint from' in out and 'coco/bbox_mAP' in out, explain(test)
+
+
+def test_mmdet_apis_and_registry_import_mmcv_ops_first():
+    """In a fresh process, the ways users start: every one reaches mmcv.ops, whose _ext is
+    the stand-in, and our backbone builds from the registry afterwards."""
+    probe = textwrap.dedent('''
+        from mmdet.apis import inference_detector, init_detector
+        from mmdet.utils import register_all_modules
+        register_all_modules()
+        import mmcv._ext, mmcv.ops
+        from mmdet.registry import MODELS
+        import resnet_backbone
+        m = MODELS.build(dict(type='ResNetBackbone', depth=18))
+        print(type(m).__name__, mmcv._ext.__name__, mmcv.ops.nms.__module__)
+    ''')
+    proc = run_py(['-c', probe])
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.split()[-3:] == ['ResNetBackbone', 'mmcv._ext', 'mmcv.ops.nms']
+
+
+def test_inference_detector_on_the_trained_checkpoint(trained, data_root):
+    from mmdet.apis import inference_detector, init_detector
+    from mmengine.config import Config
+
+    from resnet_backbone.demo.runtime import mmengine_checkpoint_loading, set_data_root
+    work, _ = trained
+    cfg = set_data_root(Config.fromfile(osp.join(ROOT, DEMO)), data_root)
+    with mmengine_checkpoint_loading():
+        model = init_detector(cfg, osp.join(work, f'iter_{ITERS}.pth'), device='cpu')
+    result = inference_detector(model, osp.join(data_root, 'val', '000000.png'))
+    pred = result.pred_instances
+    assert len(pred) > 0 and pred.masks.shape[1:] == (128, 128)
+
+
+def test_device_option():
+    from resnet_backbone.demo.runtime import select_device
+    import torch
+    if torch.cuda.is_available():
+        assert select_device('auto') == select_device('cuda') == 'cuda'
+    else:
+        assert select_device('auto') == 'cpu'
+        with pytest.raises(SystemExit, match='--device cuda: torch sees no CUDA device'):
+            select_device('cuda')
+    with pytest.raises(ValueError, match="device must be one of"):
+        select_device('gpu')
+    probe = ('import os, sys; sys.argv = ["x"]; from resnet_backbone.demo.runtime import '
+             'select_device; print(select_device("cpu"), repr(os.environ["CUDA_VISIBLE_DEVICES"]))')
+    proc = run_py(['-c', probe])
+    assert proc.stdout.split() == ['cpu', "''"], explain(proc)
 
 
 def test_missing_data_explains_layout(tmp_path):

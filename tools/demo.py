@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""The demo, in one go: data, training, evaluation, plots (CPU, no download).
+"""The demo, in one go: data, training, evaluation, plots (no download).
 
     python tools/demo.py [--work-dir work_dirs/demo] [--data-root data/shapes]
                          [--iters N] [--val-interval N] [--num-train N] [--num-val N]
+                         [--device {auto,cpu,cuda}]
+
+It runs on the GPU when there is one (--device auto), else on the CPU.
 
 1. generates the synthetic shapes set (tools/make_demo_data.py; kept if already there);
 2. trains configs/demo/mask_rcnn_r18_shapes.py from scratch with tools/train.py;
@@ -34,6 +37,8 @@ def say(msg):
 
 def parse_args(argv=None):
     from make_demo_data import DEFAULTS
+
+    from resnet_backbone.demo.runtime import add_device_argument
     p = argparse.ArgumentParser(description='Train and evaluate the CPU demo in one go')
     p.add_argument('--work-dir', default='work_dirs/demo')
     p.add_argument('--data-root', default=DEFAULTS['out'])
@@ -44,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument('--val-interval', type=int, default=None,
                    help='validate every N iterations (default: the config\'s)')
     p.add_argument('--grid', type=int, default=12, help='val images in predictions.png')
+    add_device_argument(p)
     return p.parse_args(argv)
 
 
@@ -115,7 +121,7 @@ def plot_curves(scalars_path, out_path):
 
 # ------------------------------------------------------------- predictions
 def draw_predictions(config, checkpoint, data_root, out_path, num_images=12, score_thr=0.5,
-                     cfg_options=None):
+                     cfg_options=None, device='cpu'):
     """A grid of val images with predicted masks, boxes, classes and scores."""
     import matplotlib
     matplotlib.use('Agg')
@@ -130,7 +136,7 @@ def draw_predictions(config, checkpoint, data_root, out_path, num_images=12, sco
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     with mmengine_checkpoint_loading():
-        model = init_detector(cfg, checkpoint, device='cpu')
+        model = init_detector(cfg, checkpoint, device=device)
     classes = model.dataset_meta['classes']
     ds = cfg.test_dataloader.dataset
     with open(osp.join(ds.data_root, ds.ann_file)) as f:
@@ -147,9 +153,9 @@ def draw_predictions(config, checkpoint, data_root, out_path, num_images=12, sco
         img = cv2.imread(path)[..., ::-1].astype(np.float32) / 255
         pred = res.pred_instances
         keep = pred.scores >= score_thr
-        boxes, labels, scores = (pred.bboxes[keep].numpy(), pred.labels[keep].numpy(),
-                                 pred.scores[keep].numpy())
-        masks = pred.masks[keep].numpy() if 'masks' in pred else None
+        pred = pred[keep].cpu()
+        boxes, labels, scores = pred.bboxes.numpy(), pred.labels.numpy(), pred.scores.numpy()
+        masks = pred.masks.numpy() if 'masks' in pred else None
         for i in range(len(boxes)):
             colour = np.array(palette(int(labels[i]) % 10)[:3])
             if masks is not None:
@@ -208,10 +214,17 @@ class LoadSampler:
         return sum(self.samples) / len(self.samples), max(self.samples)
 
 
-def summary_text(metrics, times, iters, table, cpu=None, load=None):
+def device_name(device):
+    if device == 'cuda':
+        import torch
+        return f'GPU ({torch.cuda.get_device_name(0)})'
+    return f'CPU ({os.cpu_count()} cores)'
+
+
+def summary_text(metrics, times, iters, table, cpu=None, load=None, device='cpu'):
     lines = ['# Demo result', '',
-             f'Mask R-CNN, ResNet-18 backbone from scratch, {iters} iterations, CPU '
-             f'({os.cpu_count()} cores).', '',
+             f'Mask R-CNN, ResNet-18 backbone from scratch, {iters} iterations, '
+             f'{device_name(device)}.', '',
              table.strip(), '', '| step | wall seconds |', '|---|---|']
     lines += [f'| {k} | {v:.0f} |' for k, v in times.items()]
     if cpu is not None:
@@ -234,6 +247,9 @@ def main(argv=None):
     sys.path.insert(0, osp.join(ROOT, 'tools'))
     args = parse_args(argv)
     os.chdir(ROOT)
+    from resnet_backbone.demo.runtime import select_device
+    device = select_device(args.device)  # 'cpu' hides the GPUs from the tools run below too
+    say(f'device: {device_name(device)}')
     t0 = time.time()
     load = LoadSampler()
     times = {}
@@ -260,7 +276,7 @@ def main(argv=None):
     before = set(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
     times['training (incl. validation)'] = run_tool(
         ['tools/train.py', CONFIG, '--work-dir', work_dir, '--data-root', args.data_root,
-         '--cfg-options', *overrides], 'train')
+         '--device', device, '--cfg-options', *overrides], 'train')
     checkpoint = osp.join(work_dir, f'iter_{iters}.pth')
     if not osp.isfile(checkpoint):
         raise SystemExit(f'[demo] training wrote no {checkpoint}')
@@ -269,7 +285,7 @@ def main(argv=None):
     say('step 3/4: COCO evaluation of the last checkpoint on the val split')
     times['evaluation'] = run_tool(
         ['tools/test.py', CONFIG, checkpoint, '--work-dir', work_dir, '--data-root',
-         args.data_root, '--classwise'], 'test')
+         args.data_root, '--device', device, '--classwise'], 'test')
     with open(osp.join(work_dir, 'metrics.json')) as f:
         metrics = json.load(f)
     with open(osp.join(work_dir, 'metrics.md')) as f:
@@ -283,12 +299,14 @@ def main(argv=None):
     else:
         say('no scalars.json from training found: curves.png skipped')
     n = draw_predictions(CONFIG, checkpoint, args.data_root,
-                         osp.join(work_dir, 'predictions.png'), num_images=args.grid)
+                         osp.join(work_dir, 'predictions.png'), num_images=args.grid,
+                         device=device)
     say(f'predictions.png: {n} val images')
     times['plots'] = time.time() - t
     times['total'] = time.time() - t0
 
-    text = summary_text(metrics, times, iters, table, cpu=cpu_seconds(), load=load.stop())
+    text = summary_text(metrics, times, iters, table, cpu=cpu_seconds(), load=load.stop(),
+                        device=device)
     with open(osp.join(work_dir, 'summary.md'), 'w') as f:
         f.write(text)
     print(text, flush=True)

@@ -5,6 +5,7 @@
                          [--format-only --outfile-prefix PREFIX] [--test-dev]
                          [--out results.pkl] [--show-dir DIR] [--data-root DIR]
                          [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+                         [--device {auto,cpu,cuda}]
 
 Writes to the work dir: metrics.json (every metric) and metrics.md (the COCO table, and
 the per-class tables with --classwise). --test-dev scores nothing: it runs on COCO
@@ -24,6 +25,8 @@ TEST_DEV = dict(ann_file='annotations/image_info_test-dev2017.json',
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
+
+    from resnet_backbone.demo.runtime import add_device_argument
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -46,6 +49,7 @@ def parse_args(argv=None):
                         help='override config keys, e.g. test_dataloader.batch_size=4')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher (dist_test.sh sets pytorch)')
+    add_device_argument(parser)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -65,7 +69,9 @@ def _evaluators(cfg):
 
 
 def build_cfg(args):
-    from resnet_backbone.demo.runtime import iter_datasets, load_cfg, prepare_cpu_distributed
+    from resnet_backbone.demo.runtime import (iter_datasets, load_cfg, prepare_cpu_distributed,
+                                              select_device)
+    select_device(args.device)
     cfg = load_cfg(args)
     cfg.load_from = args.checkpoint
     outfile_prefix = args.outfile_prefix

@@ -4,6 +4,7 @@
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
                           [--resume [CHECKPOINT]] [--cfg-options KEY=VALUE ...]
                           [--launcher {none,pytorch,slurm,mpi}] [--data-root DIR]
+                          [--device {auto,cpu,cuda}]
 
 Several GPUs or nodes: tools/dist_train.sh (torchrun) or tools/slurm_train.sh; both call
 this script with --launcher, and mmengine wraps the model in PyTorch DDP.
@@ -18,6 +19,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
+
+    from resnet_backbone.demo.runtime import add_device_argument
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
@@ -35,6 +38,7 @@ def parse_args(argv=None):
                         'model.backbone.depth=101 (lists: key="[a,b]")')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher (dist_train.sh sets pytorch)')
+    add_device_argument(parser)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -43,8 +47,9 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    """The config after the command line: work dir, overrides, AMP, resume, data root."""
-    from resnet_backbone.demo.runtime import load_cfg, prepare_cpu_distributed
+    """The config after the command line: device, work dir, overrides, AMP, resume, data root."""
+    from resnet_backbone.demo.runtime import load_cfg, prepare_cpu_distributed, select_device
+    select_device(args.device)
     cfg = load_cfg(args)
     if args.amp:
         import torch

@@ -203,6 +203,36 @@ def prepare_cpu_distributed(cfg, launcher):
     return cfg
 
 
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+def add_device_argument(parser):
+    parser.add_argument('--device', choices=DEVICES, default='auto',
+                        help='auto (default): the GPU when there is one, else the CPU; '
+                        'cpu: hide any GPU from this run; cuda: fail unless there is a GPU')
+
+
+def select_device(device):
+    """'cuda' or 'cpu' for ``--device``; ``cpu`` hides the GPUs from this process.
+
+    mmengine's Runner and ``init_detector`` put the model on the GPU whenever
+    CUDA is available, so ``cpu`` sets ``CUDA_VISIBLE_DEVICES=''`` (before CUDA
+    is first used).
+    """
+    if device not in DEVICES:
+        raise ValueError(f'device must be one of {DEVICES}, got {device!r}')
+    if device == 'cpu':
+        os.environ['CUDA_VISIBLE_DEVICES'] = ''
+        return 'cpu'
+    import torch
+    if torch.cuda.is_available():
+        return 'cuda'
+    if device == 'cuda':
+        raise SystemExit('--device cuda: torch sees no CUDA device here '
+                         '(torch.cuda.is_available() is False); use --device cpu or auto')
+    return 'cpu'
+
+
 def repo_root():
     return osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

@@ -869,14 +869,20 @@ class DetectorRunner:
 
 
 def run_detector(args, device, patterns, meter, log):
-    """Mask R-CNN R-50-FPN train iterations: our backbone vs MMDetection's ResNet."""
+    """Mask R-CNN R-50-FPN train iterations: our backbone vs MMDetection's ResNet.
+
+    fp32 everywhere; on CUDA also bf16 autocast (mmengine's AmpOptimWrapper), when
+    ``--dtypes`` has bf16.
+    """
     batch, (h, w) = args.detector_batch, args.detector_size
     impls = group_impls('detector')
-    rids = {i: row_id('detector', 'fp32', 'nchw', 'eager', i) for i in impls}
+    dtypes = ['fp32'] + (['bf16'] if device.type == 'cuda' and 'bf16' in args.dtypes else [])
+    rids = {(d, i): row_id('detector', d, 'nchw', 'eager', i) for d in dtypes for i in impls}
     if not any(selected(r, patterns) for r in rids.values()):
         return []
-    rows = {i: dict(id=rids[i], mode='detector', dtype='fp32', layout='nchw', compile='eager',
-                    impl=i, batch=batch, size=[h, w], depth=50) for i in impls}
+    rows = {key: dict(id=rid, mode='detector', dtype=key[0], layout='nchw', compile='eager',
+                      impl=key[1], batch=batch, size=[h, w], depth=50)
+            for key, rid in rids.items()}
 
     def fail(msg):
         for row in rows.values():
@@ -889,7 +895,6 @@ def run_detector(args, device, patterns, meter, log):
     if not ok:
         return fail(f'unavailable: Mask R-CNN needs RoIAlign/nms: {why}')
     try:
-        from mmengine.optim import OptimWrapper
         from mmengine.utils import import_modules_from_strings
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
@@ -910,7 +915,6 @@ def run_detector(args, device, patterns, meter, log):
         with quiet_mmengine_logger():  # init_weights logs every parameter
             models['mmdet'].init_weights()
         models['ours'] = MODELS.build(ours_cfg.model)
-        models['ours'].load_state_dict(models['mmdet'].state_dict(), strict=True)
         if device.type == 'cuda':  # mmcv must have CUDA kernels for RoIAlign
             from mmcv.ops import roi_align
             roi_align(torch.zeros(1, 1, 4, 4, device=device),
@@ -918,12 +922,33 @@ def run_detector(args, device, patterns, meter, log):
     except Exception as e:
         return fail(f'unavailable: {type(e).__name__}: {str(e)[:300]}')
     data = synthetic_detection_batch(batch, h, w)
+    initial = copy.deepcopy(models['mmdet'].state_dict())
+    out = []
+    for dtype in dtypes:
+        chosen = [i for i in impls if selected(rids[(dtype, i)], patterns)]
+        if chosen:
+            out += _detector_rows(args, device, meter, log, dtype, models, initial, data,
+                                  {i: rows[(dtype, i)] for i in chosen}, path, overrides)
+    del models
+    gc.collect()
+    return out
+
+
+def _detector_rows(args, device, meter, log, dtype, models, initial, data, rows, path,
+                   overrides):
+    """The rows of one dtype: each model from the same weights, timed in alternation."""
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    batch = args.detector_batch
     runners = []
-    for impl, model in models.items():
+    for impl in rows:
+        model = models[impl]
+        model.load_state_dict(initial, strict=True)
         model.to(device)
         model.train()
-        optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9,
-                                             weight_decay=1e-4))  # the config's optimizer
+        sgd = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9,
+                              weight_decay=1e-4)  # the config's optimizer
+        optim = (OptimWrapper(sgd) if dtype == 'fp32'
+                 else AmpOptimWrapper(dtype=DTYPES[dtype], optimizer=sgd))
         runners.append(DetectorRunner(impl, model, optim, data, device))
     times = {r.impl: [] for r in runners}
     alive = list(runners)
@@ -942,8 +967,7 @@ def run_detector(args, device, patterns, meter, log):
     for impl, err in times.get('_errors', {}).items():
         rows[impl]['error'] = err
     out = []
-    for impl in impls:
-        row = rows[impl]
+    for impl, row in rows.items():
         row['config'] = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))
         row['config_overrides'] = overrides
         if 'error' not in row:
@@ -960,8 +984,6 @@ def run_detector(args, device, patterns, meter, log):
     add_ratios(out, REFERENCE)
     for row in out:
         log(format_row(row))
-    del runners, alive, models
-    gc.collect()
     return out
 
 

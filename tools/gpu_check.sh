@@ -1,39 +1,29 @@
 #!/usr/bin/env bash
-# The GPU check: ONE command for the borrowed GPU machine (one H100, 16 cores,
-# torch 2.11 preinstalled, NO mmcv / mmengine / mmdet and no network there; the
-# repo's working tree is copied, .venv/ is not).
+# The GPU check: ONE command for the borrowed GPU machine (one H100, 16 cores, Python 3.12
+# with torch 2.11 and torchvision 0.26 preinstalled, NO mmcv / mmengine / mmdet and no
+# network there; the repo's working tree is copied, .venv/ is not).
 #
-#   here, once:   bash tools/gpu_check.sh --prepare     # fills .whl/ with pure-python wheels
-#   there:        bash tools/gpu_check.sh               # device tool: carry [".whl"], timeout_s 540
+#   here, once:   bash tools/gpu_check.sh --prepare     # fills .whl/ (about 10 MiB)
+#   there:        bash tools/gpu_check.sh               # device tool: carry [".whl"], timeout_s 560
 #
-# What can run there, and why:
-#   * mmengine 0.10.7, mmdet 3.3.0, addict, termcolor, yapf, platformdirs and
-#     terminaltables are pure-python wheels: carried in .whl/ (~4 MiB).
-#   * mmcv 2.1.0 has no wheel for torch 2.11 / CUDA 13; its compiled ops take
-#     far longer than 8 minutes to build. --prepare builds mmcv *without* ops
-#     (pure python, "mmcv-lite"), which is all our backbone needs (mmcv.cnn).
-#   * MMDetection's ResNet: `mmdet.models` imports every detector, hence
-#     mmcv.ops, so it fails; tools/benchmark.py then imports mmdet's own
-#     backbones/resnet.py on its own (see _load_mmdet_resnet_standalone), so the
-#     backbone comparison against MMDetection still runs on CUDA.
-#   * Not possible there: MMDetection with DCN and our dcn backend 'mmcv'
-#     (mmcv.ops.DeformConv2d), and the Mask R-CNN comparison (RoIAlign and nms
-#     are mmcv.ops). Those rows come out as 'unavailable: ...'; the DCN rows run
-#     with our torchvision backend only.
-#   * If the wheels are missing, only torchvision rows run (pure torch).
+# What travels in .whl/: the set-up's own mmcv 2.1.0+torchvision wheel (pure Python; its
+# mmcv/_ext.py takes the op kernels from resnet_backbone.mmcv_ext, i.e. torchvision's CUDA
+# kernels), mmengine 0.10.7, mmdet 3.3.0 and the packages of theirs the image lacks
+# (pycocotools and shapely as cp312 manylinux wheels). So everything runs there: mmcv.ops,
+# MMDetection's ResNet with DCN, Mask R-CNN, the demo.
 #
-# Steps, inside a budget of GPU_CHECK_BUDGET_S seconds (default 460, < 8 min):
+# Steps, inside a budget of GPU_CHECK_BUDGET_S seconds (default 500):
 #   1. install the carried wheels into /tmp (pip --no-index --target), record the environment;
-#   2. the CUDA tests: pytest -m cuda tests/;
-#   3. tools/benchmark.py --device cuda, fp32 and bf16, eval / train / train_cp / DCN /
-#      detector, channels_last off and on, torch.compile off;
-#   4. with the time left: torch.compile on, eval, mmdet vs ours-infer, bf16 then fp32.
-# Results in $OUT (the device tool's; default work_dirs/gpu_check): gpu_check.log,
-# env.txt, pytest_cuda.log, bench_cuda.json, bench_cuda.md, bench_cuda_compile_fp32.json,
-# bench_cuda_compile_bf16.json. Render any JSON with
+#   2. the CUDA tests: pytest -m cuda tests/ (the stand-in ops on CUDA against the CPU
+#      references, DCN under autocast, ...);
+#   3. tools/benchmark.py --device cuda: Mask R-CNN R-50-FPN training iterations, ours vs
+#      MMDetection's ResNet, fp32 and bf16 AMP (the detector rows), and the backbone rows;
+#   4. a short demo on CUDA (tools/demo.py --device cuda, 300 iterations): time and mAP.
+# Results in $OUT (the device tool's; default work_dirs/gpu_check): gpu_check.log, env.txt,
+# pytest_cuda.log, bench_cuda.json, bench_cuda.md, demo_summary.md. Render the JSON with
 #   python tools/benchmark.py --from-json FILE --markdown docs/benchmarks.md --markdown-section cuda
 #
-# A CPU rehearsal of the same logic (mmcv-lite shadows the full mmcv of .venv):
+# A CPU rehearsal of the same logic:
 #   PYTHON=.venv/bin/python GPU_CHECK_DEVICE=cpu OUT=/tmp/gpu_check bash tools/gpu_check.sh
 set -uo pipefail
 
@@ -42,29 +32,28 @@ cd "$ROOT"
 WHL="${GPU_CHECK_WHEELS:-$ROOT/.whl}"
 PY="${PYTHON:-python3}"
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
-BUDGET="${GPU_CHECK_BUDGET_S:-460}"
-MMCV_VERSION=2.1.0
+BUDGET="${GPU_CHECK_BUDGET_S:-500}"
 PURE_WHEELS=(mmengine==0.10.7 mmdet==3.3.0 addict termcolor yapf platformdirs terminaltables)
+BINARY_WHEELS=('pycocotools>=2.0,<2.1' 'shapely>=2')
 
 prepare() {
-  local tmp venv
+  local wheel platforms=()
+  for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
+           manylinux2014_x86_64 manylinux1_x86_64; do platforms+=(--platform "$p"); done
   mkdir -p "$WHL"
-  tmp="$(mktemp -d)"
-  echo "[gpu_check] downloading pure-python wheels into $WHL"
+  rm -f "$WHL"/*.whl
+  echo "[gpu_check] downloading wheels for Python 3.12 into $WHL"
   python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-    --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-    --platform manylinux2014_x86_64 -d "$WHL" "${PURE_WHEELS[@]}" || return 1
-  echo "[gpu_check] building mmcv $MMCV_VERSION without compiled ops (pure python, ~1 min)"
-  venv="$tmp/venv"
-  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    'setuptools<70' wheel || return 1   # mmcv's setup.py imports pkg_resources
-  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
-    --no-build-isolation "mmcv==$MMCV_VERSION" -d "$tmp" || return 1
-  tar -xzf "$tmp/mmcv-$MMCV_VERSION.tar.gz" -C "$tmp"
-  rm -f "$WHL"/mmcv_lite-*.whl
-  (cd "$tmp/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=0 "$venv/bin/pip" wheel --quiet \
-    --disable-pip-version-check --no-build-isolation --no-deps . -w "$WHL") || return 1
-  rm -rf "$tmp"
+    --python-version 3.12 --implementation cp "${platforms[@]}" -d "$WHL" \
+    "${PURE_WHEELS[@]}" "${BINARY_WHEELS[@]}" || return 1
+  echo "[gpu_check] the set-up's mmcv 2.1.0+torchvision wheel (make setup builds it)"
+  bash "$ROOT/tools/setup_env.sh" || return 1
+  wheel="$(cat "$ROOT/.venv/mmcv-wheel" 2>/dev/null)"
+  case "$wheel" in
+    */mmcv-2.1.0+torchvision-*.whl) cp "$wheel" "$WHL"/ ;;
+    *) echo "[gpu_check] ERROR: .venv/ has no mmcv 2.1.0+torchvision wheel ($wheel);" \
+            "run 'make setup MMCV_OPS=torchvision'" >&2; return 1 ;;
+  esac
   grep -qx '/.whl/' "$ROOT/.git/info/exclude" 2>/dev/null \
     || { [ -d "$ROOT/.git/info" ] && echo '/.whl/' >> "$ROOT/.git/info/exclude"; }
   ls -la "$WHL"
@@ -132,8 +121,8 @@ print('== cuda available:', torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')
 for what, stmt in (('mmcv.ops', 'import mmcv.ops'),
                    ('mmdet.models', 'import mmdet.models'),
-                   ('mmdet ResNet (standalone)', 'import sys; sys.path.insert(0, "tools"); '
-                    'import benchmark; print(benchmark.mmdet_resnet()[1])')):
+                   ('mmcv kernels', 'from resnet_backbone.mmcv_ext import mmcv_ops_summary; '
+                    'print("==", mmcv_ops_summary())')):
     try:
         exec(stmt)
         print(f'== {what}: OK')
@@ -144,27 +133,34 @@ EOF
 cat "$OUT/env.txt" >> "$LOG"
 grep '^==' "$OUT/env.txt" | tail -n 12
 
-# 2. CUDA tests (in the CPU rehearsal this only shows which test modules import without mmcv.ops)
-run 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider --continue-on-collection-errors \
+# 2. CUDA tests
+run 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider \
   -W ignore::pytest.PytestUnknownMarkWarning tests > "$OUT/pytest_cuda.log" 2>&1
 log "pytest -m cuda: $(grep -E '(passed|failed|skipped|error|deselected)' "$OUT/pytest_cuda.log" | tail -n 1)"
 
-# 3. The benchmark on the device, no compile.
+# 3. The benchmark on the device: the detector rows first (fp32 and bf16 AMP), then the
+#    backbone rows; each writes its JSON when done.
 if [ "$DEVICE" = cuda ]; then
   SIZES=(--repeats 20 --warmup 5 --cudnn-benchmark)
+  DEMO_ITERS=300
 else  # CPU rehearsal
   SIZES=(--tiny --threads 1)
+  DEMO_ITERS=4
 fi
-run 300 "$PY" tools/benchmark.py --device "$DEVICE" "${SIZES[@]}" --detector \
-  --modes eval,train,train_cp,dcn --dtypes fp32,bf16 --channels-last off,on --compile off \
+run 180 "$PY" tools/benchmark.py --device "$DEVICE" "${SIZES[@]}" --modes detector \
+  --dtypes fp32,bf16 --detector-repeats 10 --out "$OUT/bench_cuda_detector.json" \
+  --markdown "$OUT/bench_cuda.md" --markdown-section "$DEVICE-detector"
+run 150 "$PY" tools/benchmark.py --device "$DEVICE" "${SIZES[@]}" \
+  --modes eval,train,train_cp,dcn --dtypes fp32,bf16 --channels-last off --compile off \
   --out "$OUT/bench_cuda.json" --markdown "$OUT/bench_cuda.md" --markdown-section "$DEVICE"
 
-# 4. torch.compile, eval, the inference switches vs MMDetection, bf16 first (each run writes
-#    its JSON when its setting is done; a run cut short by the budget leaves none).
-for dt in bf16 fp32; do
-  run 180 "$PY" tools/benchmark.py --device "$DEVICE" "${SIZES[@]}" --modes eval --dtypes "$dt" \
-    --channels-last off --compile on --only '*/ours-infer' --out "$OUT/bench_cuda_compile_$dt.json"
-done
+# 4. A short demo on the device: data, training, COCO evaluation, plots.
+run 200 "$PY" tools/demo.py --device "$DEVICE" --iters "$DEMO_ITERS" \
+  --val-interval "$DEMO_ITERS" --work-dir "$OUT/demo_work" --data-root /tmp/shapes \
+  > "$OUT/demo.log" 2>&1
+cp "$OUT/demo_work/summary.md" "$OUT/demo_summary.md" 2>/dev/null
+log "demo: $(grep -E 'coco/(bbox|segm)_mAP >=|total' "$OUT/demo_summary.md" 2>/dev/null | tr '\n' ' ')"
+rm -rf "$OUT/demo_work"
 log "done in $((SECONDS - START))s; files in $OUT:"
 ls -la "$OUT" | tee -a "$LOG"
 exit 0

@@ -1,8 +1,10 @@
 """Residual blocks: BasicBlock, Bottleneck and their pre-activation twins.
 
-Every block computes ``relu(F(x) + shortcut(x))`` (post-activation) or
-``F(x) + shortcut(x)`` with BN-ReLU inside F (pre-activation). Child names
-(``conv1``, ``bn1``, ``downsample.0``…) match MMDetection and torchvision.
+A block computes ``relu(F(x) + shortcut(x))``: conv -> norm -> ReLU ... -> add ->
+ReLU, as in torchvision. Pre-activation blocks compute ``F(x) + shortcut(x)``
+with BN -> ReLU -> conv inside F. Child names (``conv1``, ``bn1``,
+``downsample.0``...) match MMDetection and torchvision, so checkpoints load
+strictly. Each conv + norm (+ sum, + ReLU) goes through ``ops.conv_norm``.
 """
 import math
 
@@ -10,25 +12,60 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer, build_plugin_layer
 from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import ops
 from .dcn import DeformConv2dPack, parse_dcn_cfg
-from .fusion import add_relu, conv_norm
-from .layout import is_channels_last
+from .errors import check_bool, check_choice, check_int
 from .norms import build_norm
 
 PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
+STYLES = ('pytorch', 'caffe')
+
+
+def check_plugins(plugins, num_stages=None):
+    """MMDetection-style plugin dicts: ``cfg`` of a registered type and a ``position``."""
+    if plugins is None:
+        return
+    if not isinstance(plugins, (list, tuple)):
+        raise TypeError(f'plugins must be a list of dicts, got {type(plugins).__name__}')
+    for p in plugins:
+        if not isinstance(p, dict) or 'cfg' not in p or 'position' not in p:
+            raise ValueError(f"each plugin needs 'cfg' and 'position' keys, got {p!r}")
+        check_choice('plugins position', p['position'], PLUGIN_POSITIONS)
+        kind = p['cfg'].get('type') if isinstance(p['cfg'], dict) else None
+        if kind is None or (isinstance(kind, str) and MODELS.get(kind) is None):
+            raise ValueError(f'plugins cfg type={kind!r} is not a registered plugin; use a '
+                             "type from mmcv or MMDetection, e.g. 'ContextBlock', "
+                             "'GeneralizedAttention', 'NonLocal2d'")
+        stages = p.get('stages')
+        if num_stages is not None and stages is not None and len(stages) != num_stages:
+            raise ValueError(f'plugins stages={tuple(stages)!r} has {len(stages)} entries; '
+                             f'it needs num_stages={num_stages}')
 
 
 class ResidualBlock(BaseModule):
-    """What every block shares: norms by position, plugins, checkpointing."""
+    """What every block shares: argument checks, norms by position, plugins, with_cp."""
 
     expansion = 1
     num_convs = 2
+    preact = False
 
-    def __init__(self, with_cp=False, plugins=None, init_cfg=None):
+    def __init__(self, inplanes, planes, stride, dilation, downsample, style, with_cp,
+                 plugins, init_cfg):
         super().__init__(init_cfg)
-        self.with_cp = with_cp
+        for name, value in (('inplanes', inplanes), ('planes', planes), ('stride', stride),
+                            ('dilation', dilation)):
+            check_int(name, value, minimum=1)
+        check_choice('style', style, STYLES)
+        check_bool('with_cp', with_cp)
+        if downsample is not None and not isinstance(downsample, nn.Module):
+            raise TypeError(f'downsample must be an nn.Module (e.g. nn.Sequential(conv, norm)) '
+                            f'or None, got {type(downsample).__name__}')
+        check_plugins(plugins)
+        self.stride, self.dilation, self.style, self.with_cp = stride, dilation, style, with_cp
         self.plugin_names = {pos: [] for pos in PLUGIN_POSITIONS}
         self._plugin_cfgs = plugins or []
 
@@ -49,7 +86,7 @@ class ResidualBlock(BaseModule):
         return self.norm(self.num_convs)
 
     def add_convs_and_norms(self, convs, norm_cfg, norm_channels):
-        """Register conv1, norm1, conv2, norm2… in MMDetection's order (keys and their order)."""
+        """Register conv1, norm1, conv2, norm2... in MMDetection's order (keys and order)."""
         self.norm_names = []
         for i, (conv, c) in enumerate(zip(convs, norm_channels), start=1):
             name, norm = build_norm(norm_cfg, c, postfix=i)
@@ -85,55 +122,30 @@ class ResidualBlock(BaseModule):
         *pool, conv, norm = self.downsample
         for p in pool:
             x = p(x)
-        return conv_norm(x, conv, norm)
+        return ops.conv_norm(x, conv, norm)
 
-    def residual(self, x, input_is_scratch=False):
-        raise NotImplementedError
-
-    def _needs_grad(self, x):
-        return x.requires_grad or any(p.requires_grad for p in self.parameters())
-
-    def checkpoints(self, x):
-        """Whether ``with_cp`` applies to this call (grad mode, something to differentiate)."""
-        return self.with_cp and torch.is_grad_enabled() and self._needs_grad(x)
-
-    def residual_in_weight_layout(self, x, input_is_scratch=False):
-        """``residual(x)`` with ``x`` first put in the layout of the block's conv weights.
-
-        A channels_last block handed an NCHW map (a with_cp stage input shared with
-        the caller's output) converts it once here, inside the checkpoint, instead of
-        in each conv and in a mixed-layout residual add.
-        """
-        if is_channels_last(self.conv2.weight) and x.dim() == 4 and not is_channels_last(x):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.residual(x, input_is_scratch)
-
-    def forward(self, x, input_is_scratch=False):
-        """``input_is_scratch=True``: no one else holds ``x``, and a block that needs
-        no gradients may write its output into it (``ResStage`` passes it between
-        its own blocks)."""
-        if self.checkpoints(x):
-            return checkpoint(self.residual_in_weight_layout, x, use_reentrant=False)
-        return self.residual_in_weight_layout(x, input_is_scratch)
-
-    def last_conv_add_relu(self, out, identity, identity_is_scratch):
-        """``relu(norm(conv(out)) + identity)`` for the block's last conv.
-
-        Where nothing needs gradients, the sum and the ReLU run inside the conv,
-        written into ``identity`` when it is scratch (``conv_norm``).
-        """
-        conv, norm = getattr(self, f'conv{self.num_convs}'), self.norm(self.num_convs)
+    def last_conv_add_relu(self, out, identity):
+        """``relu(norm(conv(out)) + identity)`` for the last conv, plugins in between."""
+        conv, norm = getattr(self, f'conv{self.num_convs}'), self.last_norm
         position = PLUGIN_POSITIONS[self.num_convs - 1]
         if not self.plugin_names[position]:
-            return conv_norm(out, conv, norm, relu=True, add=identity,
-                             add_in_place=identity_is_scratch)
-        return add_relu(self.run_plugins(conv_norm(out, conv, norm), position), add=identity)
+            return ops.conv_norm(out, conv, norm, relu=True, add=identity)
+        return ops.add_relu(self.run_plugins(ops.conv_norm(out, conv, norm), position),
+                            add=identity)
 
-    def residual_parts(self, x, input_is_scratch):
-        """The shortcut (first: its backward then runs after the branch's tensors are
-        freed) and whether it is a map only this call holds."""
-        identity = self.shortcut(x)
-        return identity, identity is not x or input_is_scratch
+    def residual(self, x):
+        """The block's output, computed directly (``forward`` may checkpoint it)."""
+        raise NotImplementedError
+
+    def checkpoints(self, x):
+        """Whether ``with_cp`` applies to this call: grad mode and something to differentiate."""
+        return self.with_cp and torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def forward(self, x):
+        if self.checkpoints(x):
+            return checkpoint(self.residual, x, use_reentrant=False)
+        return self.residual(x)
 
 
 def make_conv3x3(conv_cfg, dcn, in_channels, out_channels, stride, dilation, groups):
@@ -160,27 +172,27 @@ class BasicBlock(ResidualBlock):
     def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None, style='pytorch',
                  with_cp=False, conv_cfg=None, norm_cfg=dict(type='BN'), dcn=None, plugins=None,
                  groups=1, base_width=4, base_channels=64, widen_factor=1, init_cfg=None):
-        super().__init__(with_cp, plugins, init_cfg)
+        super().__init__(inplanes, planes, stride, dilation, downsample, style, with_cp, plugins,
+                         init_cfg)
         if groups != 1 or widen_factor != 1:
             raise ValueError(f'BasicBlock supports only groups=1 and widen_factor=1, got '
                              f'groups={groups}, widen_factor={widen_factor}; use a Bottleneck '
                              'depth (50/101/152) for ResNeXt and Wide ResNet')
-        self.stride, self.dilation = stride, dilation
         conv1 = build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride, padding=dilation,
                                  dilation=dilation, bias=False)
         conv2 = make_conv3x3(conv_cfg, dcn, planes, planes, 1, 1, 1)
         self.add_convs_and_norms((conv1, conv2), norm_cfg, self.norm_channels(inplanes, planes))
-        self.downsample = downsample
+        self.downsample = downsample  # after the convs: MMDetection's key order
         self.add_plugins({'after_conv1': planes, 'after_conv2': planes})
 
     def norm_channels(self, inplanes, planes):
         return planes, planes
 
-    def residual(self, x, input_is_scratch=False):
-        identity, identity_is_scratch = self.residual_parts(x, input_is_scratch)
-        out = conv_norm(x, self.conv1, self.norm1, relu=True)
+    def residual(self, x):
+        identity = self.shortcut(x)
+        out = ops.conv_norm(x, self.conv1, self.norm1, relu=True)
         out = self.run_plugins(out, 'after_conv1')
-        return self.last_conv_add_relu(out, identity, identity_is_scratch)
+        return self.last_conv_add_relu(out, identity)
 
 
 def bottleneck_width(planes, groups, base_width, base_channels, widen_factor):
@@ -201,17 +213,23 @@ class Bottleneck(ResidualBlock):
     def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None, style='pytorch',
                  with_cp=False, conv_cfg=None, norm_cfg=dict(type='BN'), dcn=None, plugins=None,
                  groups=1, base_width=4, base_channels=64, widen_factor=1, init_cfg=None):
-        super().__init__(with_cp, plugins, init_cfg)
+        super().__init__(inplanes, planes, stride, dilation, downsample, style, with_cp, plugins,
+                         init_cfg)
+        for name, value in (('groups', groups), ('base_width', base_width),
+                            ('base_channels', base_channels), ('widen_factor', widen_factor)):
+            check_int(name, value, minimum=1)
         width = bottleneck_width(planes, groups, base_width, base_channels, widen_factor)
+        if width < 1:
+            raise ValueError(f'planes={planes}, groups={groups}, base_width={base_width}, '
+                             f'base_channels={base_channels} give a 3x3 conv of width {width}')
         out_channels = planes * self.expansion
-        self.stride, self.dilation, self.style = stride, dilation, style
         conv1_stride, conv2_stride = (1, stride) if style == 'pytorch' else (stride, 1)
         convs = (build_conv_layer(conv_cfg, inplanes, width, 1, stride=conv1_stride, bias=False),
                  make_conv3x3(conv_cfg, dcn, width, width, conv2_stride, dilation, groups),
                  build_conv_layer(conv_cfg, width, out_channels, 1, bias=False))
         self.add_convs_and_norms(convs, norm_cfg,
                                  self.norm_channels(inplanes, width, out_channels))
-        self.downsample = downsample
+        self.downsample = downsample  # after the convs: MMDetection's key order
         self.add_plugins({'after_conv1': width, 'after_conv2': width,
                           'after_conv3': out_channels})
 
@@ -222,13 +240,13 @@ class Bottleneck(ResidualBlock):
     def norm3(self):
         return self.norm(3)
 
-    def residual(self, x, input_is_scratch=False):
-        identity, identity_is_scratch = self.residual_parts(x, input_is_scratch)
-        out = conv_norm(x, self.conv1, self.norm1, relu=True)
+    def residual(self, x):
+        identity = self.shortcut(x)
+        out = ops.conv_norm(x, self.conv1, self.norm1, relu=True)
         out = self.run_plugins(out, 'after_conv1')
-        out = conv_norm(out, self.conv2, self.norm2, relu=True)
+        out = ops.conv_norm(out, self.conv2, self.norm2, relu=True)
         out = self.run_plugins(out, 'after_conv2')
-        return self.last_conv_add_relu(out, identity, identity_is_scratch)
+        return self.last_conv_add_relu(out, identity)
 
 
 class PreActMixin:
@@ -239,14 +257,12 @@ class PreActMixin:
     holds the conv alone (no norm).
     """
 
-    def shortcut(self, x):
-        if self.downsample is None:
-            return x
-        for layer in self.downsample:
-            x = layer(x)
-        return x
+    preact = True
 
-    def residual(self, x, input_is_scratch=False):
+    def shortcut(self, x):
+        return x if self.downsample is None else self.downsample(x)
+
+    def residual(self, x):
         pre = F.relu(self.norm(1)(x))
         shortcut = x if self.downsample is None else self.shortcut(pre)
         out = pre

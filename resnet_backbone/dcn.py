@@ -6,10 +6,12 @@ Parameters and state-dict keys are those of mmcv's ``DeformConv2dPack``
 
 * ``torchvision``: ``torchvision.ops.deform_conv2d``; nothing to compile,
   CPU and CUDA.
-* ``mmcv``: ``mmcv.ops``, when its compiled extension imports.
+* ``mmcv``: mmcv's op wrappers (``mmcv.ops``): mmcv's compiled kernels where
+  they are built (``make setup MMCV_OPS=compiled``), else the torchvision
+  stand-in (:mod:`resnet_backbone.mmcv_ext`).
 
-``auto`` picks torchvision: on this project's CPU benchmark it is at least as
-fast as mmcv (docs/benchmarks.md), and it needs no compiled ops.
+``auto`` picks torchvision: it needs no compiled ops and was at least as fast
+as mmcv's compiled CPU kernels (docs/benchmarks.md).
 Reduced precision (fp16/bf16, e.g. under autocast) is computed in float32,
 because neither backend has reduced-precision CPU kernels; the result is cast
 back to the input's dtype.
@@ -22,6 +24,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from .errors import check_choice, check_int
+from .functional import is_channels_last
 
 DCN_TYPES = ('DCN', 'DCNv2')
 DCN_BACKENDS = ('auto', 'torchvision', 'mmcv')
@@ -39,9 +42,8 @@ def resolve_backend(backend):
     check_choice('dcn.backend', backend, DCN_BACKENDS)
     if backend == 'mmcv' and not mmcv_ops_available():
         raise RuntimeError(
-            "dcn.backend='mmcv' needs mmcv's compiled ops, but 'from mmcv.ops import "
-            "deform_conv2d' failed. Use backend='torchvision' (or 'auto'), or rebuild mmcv "
-            'with ops (README.md, Set-up).')
+            "dcn.backend='mmcv' needs mmcv.ops, but 'from mmcv.ops import deform_conv2d' "
+            "failed. Use backend='torchvision' (or 'auto'), or run make setup (README.md).")
     return 'torchvision' if backend == 'auto' else backend
 
 
@@ -126,8 +128,7 @@ def deform_conv(x, offset, mask, weight, bias, stride, padding, dilation, groups
                 deform_groups, backend='torchvision'):
     """Deformable conv on either backend; reduced precision runs in float32."""
     out_dtype = x.dtype
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous()
+    channels_last = is_channels_last(x)
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
         args = [t.to(compute_dtype) if t is not None else None

@@ -1,13 +1,14 @@
-"""Normalisation layers: a parameter-free FrozenBN and the norm builder.
+"""Normalisation layers: a parameter-free FrozenBN (registered as ``FrozenBN`` by
+:mod:`resnet_backbone.registry`) and the norm builder.
 
 State-dict keys follow mmcv's ``build_norm_layer`` naming (``bn1``, ``gn2``…),
 so checkpoints of MMDetection and torchvision load strictly.
 """
+import warnings
+
 import torch
 from mmcv.cnn import build_norm_layer
-from mmengine.registry import MODELS as MMENGINE_MODELS
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -42,63 +43,37 @@ class FrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + 'num_batches_tracked', None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    @classmethod
-    def convert_frozen_batchnorm(cls, module):
-        """Return ``module`` with every BatchNorm inside replaced by FrozenBN."""
-        if isinstance(module, _BatchNorm):
-            frozen = cls(module.num_features, module.eps)
-            if module.affine:
-                frozen.weight.copy_(module.weight.detach())
-                frozen.bias.copy_(module.bias.detach())
-            if module.track_running_stats:
-                frozen.running_mean.copy_(module.running_mean)
-                frozen.running_var.copy_(module.running_var)
-            return frozen.to(device=frozen.weight.device if module.running_mean is None
-                             else module.running_mean.device)
-        for name, child in module.named_children():
-            new_child = cls.convert_frozen_batchnorm(child)
-            if new_child is not child:
-                setattr(module, name, new_child)
-        return module
-
     def extra_repr(self):
         return f'{self.num_features}, eps={self.eps}'
-
-
-if 'FrozenBN' not in MMENGINE_MODELS.module_dict:
-    MMENGINE_MODELS.register_module('FrozenBN', module=FrozenBatchNorm2d)
-
-NORM_TYPES = ('BN', 'BN2d', 'SyncBN', 'GN', 'FrozenBN', 'IN', 'LN')
 
 
 def build_norm(norm_cfg, num_features, postfix=''):
     """Build a norm layer; returns ``(name, layer)`` like mmcv's builder.
 
-    SyncBN without a process group falls back to BN with a warning.
+    ``type='MMSyncBN'`` is built as torch's ``'SyncBN'`` where mmcv has no compiled
+    ops (its kernels are not in the torchvision stand-in; same parameters and
+    statistics). Torch's SyncBatchNorm computes plain BN outside a process group.
     """
-    from .runtime.syncbn import syncbn_fallback
-    return build_norm_layer(syncbn_fallback(norm_cfg), num_features, postfix=postfix)
+    return build_norm_layer(mmsyncbn_as_syncbn(norm_cfg), num_features, postfix=postfix)
 
 
-def is_batch_norm(module):
-    return isinstance(module, (_BatchNorm, FrozenBatchNorm2d))
+def mmsyncbn_as_syncbn(norm_cfg):
+    """``norm_cfg``, with ``type='MMSyncBN'`` turned into ``'SyncBN'`` without compiled mmcv."""
+    if not isinstance(norm_cfg, dict) or norm_cfg.get('type') != 'MMSyncBN':
+        return norm_cfg
+    from .mmcv_ext import mmcv_ext_kind
+    if mmcv_ext_kind() == 'compiled':
+        return norm_cfg
+    global _warned_mmsyncbn
+    if not _warned_mmsyncbn:
+        _warned_mmsyncbn = True
+        warnings.warn("norm_cfg type='MMSyncBN' needs mmcv's compiled ops, and this mmcv runs "
+                      "torchvision kernels instead: using type='SyncBN' (torch's "
+                      'SyncBatchNorm, the same parameters and statistics).', UserWarning,
+                      stacklevel=3)
+    cfg = {k: v for k, v in norm_cfg.items() if k not in ('group', 'stats_mode')}
+    cfg['type'] = 'SyncBN'
+    return cfg
 
 
-def eval_bn_scale_and_shift(norm):
-    """Per-channel (scale, shift) of a BN that uses its running statistics.
-
-    Returns None when ``norm`` normalises with batch statistics (training BN)
-    or is not a batch norm at all.
-    """
-    if isinstance(norm, FrozenBatchNorm2d):
-        return norm.scale_and_shift()
-    if isinstance(norm, _BatchNorm) and not norm.training and norm.track_running_stats \
-            and norm.running_mean is not None:
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.affine:
-            scale = norm.weight * scale
-            shift = norm.bias - norm.running_mean * scale
-        else:
-            shift = -norm.running_mean * scale
-        return scale, shift
-    return None
+_warned_mmsyncbn = False

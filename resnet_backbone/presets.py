@@ -1,11 +1,8 @@
-"""Registered names: drop-ins for MMDetection's classes, and common presets.
+"""Presets: drop-ins for MMDetection's ResNetV1d and ResNeXt, and common variants.
 
-Change ``type='ResNet'`` to ``'ResNetBackbone'`` (``ResNetV1d`` to
-``'ResNetV1dBackbone'``, ``ResNeXt`` to ``'ResNeXtBackbone'``) in any
-MMDetection config and keep every other key.
+Each is ``ResNetBackbone`` with other defaults; every argument can still be
+overridden. Their registered names: :mod:`resnet_backbone.registry`.
 """
-from mmdet.registry import MODELS
-
 from .backbone import ResNetBackbone
 
 
@@ -21,7 +18,6 @@ def _preset(name, doc, **defaults):
     return cls
 
 
-MODELS.register_module('ResNetBackbone', module=ResNetBackbone)
 ResNetV1dBackbone = _preset(
     'ResNetV1dBackbone', "Drop-in for MMDetection's ResNetV1d: deep stem + avg-pool shortcut.",
     deep_stem=True, avg_down=True)
@@ -38,5 +34,3 @@ WideResNet50_2 = _preset('WideResNet50_2', 'Wide ResNet-50-2 (torchvision wide_r
 
 PRESETS = (ResNetV1dBackbone, ResNeXtBackbone, ResNet50D, ResNeXt101_32x4d, ResNeXt101_64x4d,
            WideResNet50_2)
-for _cls in PRESETS:
-    MODELS.register_module(_cls.__name__, module=_cls)

@@ -1,8 +1,21 @@
-"""Same weights, same numbers: our backbone against the installed MMDetection ResNet."""
+"""Same weights, same numbers: our backbone against the installed MMDetection ResNet,
+with the CPU kernels on (the default) and off (plain PyTorch), and BN folding off."""
 import pytest
 import torch
 
 from helpers import assert_parity, paired
+from resnet_backbone import set_cpu_kernels, set_fold_bn
+
+SETTINGS = {'cpu-kernels': (True, True), 'plain': (False, True), 'plain-no-fold': (False, False)}
+
+
+@pytest.fixture(params=list(SETTINGS))
+def setting(request):
+    kernels, fold = SETTINGS[request.param]
+    previous = set_cpu_kernels(kernels), set_fold_bn(fold)
+    yield request.param
+    set_cpu_kernels(previous[0])
+    set_fold_bn(previous[1])
 
 TOL = 1e-5
 
@@ -57,12 +70,12 @@ def _check(config, x, train_modes=(False, True)):
 
 
 @pytest.mark.parametrize('name', list(GRID))
-def test_parity_grid(name):
+def test_parity_grid(name, setting):
     _check(GRID[name], torch.randn(*X))
 
 
 @pytest.mark.parametrize('frozen_stages,norm_eval', FROZEN)
-def test_parity_frozen_and_norm_eval(frozen_stages, norm_eval):
+def test_parity_frozen_and_norm_eval(frozen_stages, norm_eval, setting):
     _check(cfg(50, frozen_stages=frozen_stages, norm_eval=norm_eval), torch.randn(*X))
 
 

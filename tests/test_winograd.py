@@ -1,15 +1,29 @@
-"""Winograd F(2x2, 3x3) for the wide 3x3 training convs: PyTorch's results, taken only
-where meant."""
+"""Winograd F(2x2, 3x3) for the wide 3x3 training convs (a CPU route): PyTorch's results,
+taken only where meant. (Where no route applies at all, e.g. NCHW, float64, no gradients or
+autocast: test_cpu_kernels.py.)"""
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from helpers import paired
-from resnet_backbone import train_conv
-from resnet_backbone.train_conv import conv2d, uses_winograd
-from resnet_backbone.winograd import WinogradConv3x3, conv3x3
+from resnet_backbone import cpu
+from resnet_backbone.cpu import conv as cpu_conv
+from resnet_backbone.cpu.conv import uses_winograd
+from resnet_backbone.cpu.winograd import WinogradConv3x3, conv3x3
 
 CL = torch.channels_last
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """The CPU conv route for this geometry, or the plain conv where no route applies."""
+    pair = torch.nn.modules.utils._pair
+    geometry = SimpleNamespace(stride=pair(stride), padding=pair(padding),
+                               dilation=pair(dilation), groups=groups)
+    out = cpu_conv.conv2d(x, weight, bias, geometry)
+    return out if out is not None else F.conv2d(x, weight, bias, stride, padding, dilation,
+                                                groups)
 
 
 def _rel_err(got, want):
@@ -70,8 +84,7 @@ def test_conv2d_takes_it_for_a_wide_3x3_with_gradients():
 
 
 @pytest.mark.parametrize('case', ['stride2', 'padding0', 'dilation2', 'groups', 'kernel1',
-                                  'narrow', 'small_map', 'nchw', 'float64', 'no_grad',
-                                  'autocast'])
+                                  'narrow', 'small_map', 'route_off'])
 def test_conv2d_leaves_other_convs_to_the_other_paths(case):
     x, weight, bias = _wide_conv_args()
     stride, padding, dilation, groups = 1, 1, 1, 1
@@ -89,12 +102,7 @@ def test_conv2d_leaves_other_convs_to_the_other_paths(case):
         x, weight, bias = _wide_conv_args(channels=128, size=(100, 152))
     elif case == 'small_map':  # 19 x 21 tiles, just under the threshold
         x, weight, bias = _wide_conv_args(size=(38, 42))
-    elif case == 'nchw':
-        x = x.detach().contiguous().requires_grad_()
-    elif case == 'float64':
-        x, weight, bias = (t.detach().double().requires_grad_() for t in (x, weight, bias))
-    ctx = torch.autocast('cpu', dtype=torch.bfloat16) if case == 'autocast' else \
-        torch.no_grad() if case == 'no_grad' else torch.enable_grad()
+    ctx = cpu.paths_disabled('winograd') if case == 'route_off' else torch.enable_grad()
     pairs = [(v, v) for v in (stride, padding, dilation)]
     with ctx:
         assert not uses_winograd(x, weight, *pairs, groups)
@@ -110,7 +118,7 @@ def test_conv2d_leaves_other_convs_to_the_other_paths(case):
     ('layer4', 512, (25, 38), False),
 ])
 def test_thresholds_pick_layer3_of_r50_at_800x1216(layer, channels, size, taken):
-    """The step timings behind the thresholds (see train_conv) are for these shapes."""
+    """The step timings behind the thresholds (docs/benchmarks.md) are for these shapes."""
     x = torch.empty(1, channels, *size).contiguous(memory_format=CL)
     weight = torch.empty(channels, channels, 3, 3, requires_grad=True)
     assert uses_winograd(x, weight, (1, 1), (1, 1), (1, 1), 1) == taken
@@ -133,7 +141,7 @@ def test_train_step_uses_it_with_mmdet_gradients(monkeypatch, depth, nodes):
     """Every stride-1 3x3 conv of layer3/4 (R-50: conv2 of blocks 3.1-3.5 and 4.1-4.2;
     R-18: all but the strided 3.0 and 4.0 conv1) by Winograd, with mmdet's gradients.
     The tile threshold is lowered so that small maps take the path."""
-    monkeypatch.setattr(train_conv, 'WINOGRAD_MIN_TILES', 1)
+    monkeypatch.setattr(cpu_conv, 'WINOGRAD_MIN_TILES', 1)
     ref, ours = paired(dict(type='ResNet', depth=depth, frozen_stages=1, norm_eval=True))
     x = torch.randn(2, 3, 96, 128)
     for name, m in (('mmdet', ref), ('ours', ours)):

@@ -1,6 +1,6 @@
 """Weight gradient of ResNet's strided 3x3 convs: oneDNN vs the per-tap GEMMs.
 
-``resnet_backbone.train_conv`` replaces oneDNN's channels_last weight
+``resnet_backbone.cpu.conv`` (route gemm_weight_grad) replaces oneDNN's channels_last weight
 gradient for float32 CPU convs with stride > 1 and >= 128 channels. This
 times both, alternating, on this machine's CPU for the strided convs of
 R-50 (conv2 of layer2.0-4.0) and R-18 (conv1 of layer2.0-4.0), so the
@@ -17,7 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from resnet_backbone.train_conv import MIN_CHANNELS, weight_grad  # noqa: E402
+from resnet_backbone.cpu.conv import MIN_CHANNELS, weight_grad  # noqa: E402
 
 # (name, input stride relative to the image, in channels, out channels)
 CONVS = [('R-50 layer2.0.conv2', 4, 128, 128), ('R-50 layer3.0.conv2', 8, 256, 256),

@@ -8,12 +8,11 @@ convolution (max error ~5e-7 of the output's magnitude, like oneDNN's).
 
 Layout (channels_last throughout): the input tiles ``V`` are stored
 ``[positions, 16, C]`` and the transformed weights as a 16-group 1x1 conv, so
-oneDNN runs the forward's 16 GEMMs (173-198 GFLOP/s on these shapes, MKL's
-bmm 111-170). The backward is Winograd too: the input gradient is the same
-convolution with the flipped, transposed kernel, and the weight gradient is
-``G^T (sum over tiles of V^T (A dY A^T)) G``, its 16 GEMMs one bmm (with
-oneDNN's grouped weight gradient instead, the whole weight gradient of a
-256-channel conv at 50x76 took 40-41 ms against 20).
+oneDNN runs the forward's 16 GEMMs (faster there than MKL's bmm). The backward
+is Winograd too: the input gradient is the same convolution with the flipped,
+transposed kernel, and the weight gradient is
+``G^T (sum over tiles of V^T (A dY A^T)) G``, its 16 GEMMs one bmm (faster than
+oneDNN's grouped weight gradient; docs/benchmarks.md).
 """
 import torch
 import torch.nn.functional as F
@@ -137,7 +136,7 @@ def _weight_signs(dtype, device):
     return torch.outer(s, s).reshape(TILES, 1)
 
 
-def weight_grad(grad, x):
+def tile_weight_grad(grad, x):
     """Weight gradient of ``conv3x3``: [K, C, 3, 3], channels_last strides."""
     n, c, h, w = x.shape
     k = grad.shape[1]
@@ -165,6 +164,6 @@ class WinogradConv3x3(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         grad = grad.contiguous(memory_format=torch.channels_last)
         grad_x = conv3x3(grad, weight.flip(2, 3).transpose(0, 1)) if need_x else None
-        grad_w = weight_grad(grad, x) if need_w else None
+        grad_w = tile_weight_grad(grad, x) if need_w else None
         grad_b = grad.sum((0, 2, 3)) if need_b else None
         return grad_x, grad_w, grad_b

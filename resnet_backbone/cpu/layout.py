@@ -1,34 +1,21 @@
-"""Memory layouts: handing channels_last feature maps back as NCHW; zero-bordered buffers.
-
-On CPU, PyTorch's generic strided copy is slow for this permutation, and its
-2-D transpose runs on one thread. Copying blocks of 512 positions uses every
-thread on cache-sized tiles (R-50 C2 at 800x1216 on the 2-core machine: about
-35 ms, against 52 ms for one 2-D transpose, either way). The gradient goes
-back the same way, so the backward of a channels_last network receives
-channels_last gradients.
-"""
+"""Memory layouts for the CPU routes: channels_last maps handed back as NCHW, padded copies."""
 import torch
 
-
-def is_channels_last(x):
-    """True for a 4-D map stored channels_last (and not also plain contiguous)."""
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous()
-
+from ..functional import is_channels_last
 
 CHUNK = 512  # positions per block copy
 
 
 def _transposed_copy(x, memory_format):
-    """``x`` (channels_last or NCHW, CPU) copied into ``memory_format``."""
+    """``x`` (channels_last or NCHW, CPU) copied into ``memory_format``, in blocks of
+    positions on all threads (torch's generic strided copy is slow for this)."""
     n, c, h, w = x.shape
     out = torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=memory_format)
     hw = h * w
     to_cl = memory_format == torch.channels_last
-    # blocks of positions run on all threads; writing NCHW rows from 1024+ channels, the
-    # strided reads of a block span too many pages, and one 2-D transpose is faster;
-    # under torch.compile one copy lets inductor choose
-    blocks = hw >= 4 * CHUNK and (to_cl or c <= 512) and not torch.compiler.is_compiling()
+    # writing NCHW rows from 1024+ channels, the strided reads of a block span too many
+    # pages, and one 2-D transpose is faster
+    blocks = hw >= 4 * CHUNK and (to_cl or c <= 512)
     for i in range(n):
         # per image, an NCHW map is a (c, hw) matrix and a channels_last one its transpose
         nchw = (x if to_cl else out)[i].view(c, hw)
@@ -58,17 +45,16 @@ class _ChannelsLastToNCHW(torch.autograd.Function):
 
 
 def to_nchw(x):
-    """``x.contiguous()``, fast for a channels_last map on CPU."""
-    if x.device.type != 'cpu' or not is_channels_last(x):
-        return x.contiguous()
+    """``x.contiguous()`` for a channels_last CPU map, by blocks; None for any other map."""
+    if x.device.type != 'cpu' or not is_channels_last(x) or torch.compiler.is_compiling():
+        return None
     return _ChannelsLastToNCHW.apply(x)
 
 
 def fill_with_zero_border(dst, src, top, left):
     """``dst[:, top:, left:]`` starts with ``src``; every other element of ``dst`` is 0.
 
-    Writing only the border spares a pass over the whole buffer (R-50 layer2.0:
-    32 MB) before the copy.
+    Writing only the border spares a pass over the whole buffer before the copy.
     """
     rows, cols = src.shape[1], src.shape[2]
     dst[:, :top].zero_()

@@ -131,9 +131,9 @@ def mmengine_checkpoint_loading():
 
     torch >= 2.6 loads with ``weights_only=True`` by default, which refuses the
     message-hub and numpy objects in a Runner checkpoint, so ``load_from`` and
-    ``--resume`` fail. ``import resnet_backbone`` allowlists exactly those types
-    (:mod:`resnet_backbone.runtime.safe_globals`); this block allows the same
-    list where that was switched off (``RESNET_BACKBONE_NO_RUNTIME_PATCH=1``).
+    ``--resume`` fail. ``resnet_backbone.runtime.install()`` allowlists exactly
+    those types for the whole process (:mod:`resnet_backbone.runtime.safe_globals`);
+    this block allows the same list within the block only.
     """
     import torch
 

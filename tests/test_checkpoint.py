@@ -205,6 +205,15 @@ def test_truncated_empty_and_wrong_architecture(tmp_path):
     _unchanged_after_error(tmp_path / 'alex.pth', 'another architecture')
 
 
+@pytest.mark.parametrize('content', [b'\x10\x00\x00\x00\x00\x00\x00\x00{not json at all',
+                                     b'garbage', b'\xff' * 64], ids=['bad-json', 'short', 'ff'])
+def test_damaged_safetensors_name_the_file(tmp_path, content):
+    """safetensors' own error does not say which file: ours does, like every loader's."""
+    path = tmp_path / 'weights.safetensors'
+    path.write_bytes(content)
+    _unchanged_after_error(path, re.escape(str(path)) + r'.*not a valid safetensors file')
+
+
 def test_offline_name_says_what_to_download(tmp_path, monkeypatch):
     import urllib.error
     import urllib.request

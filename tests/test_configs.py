@@ -256,7 +256,7 @@ def test_data_root_from_environment(monkeypatch, tmp_path):
 
 
 def test_set_data_root_moves_everything():
-    from resnet_backbone.demo.runtime import dataset_paths, set_data_root
+    from resnet_backbone.cli import dataset_paths, set_data_root
     cfg = load(osp.join(CONFIG_DIR, 'demo', 'mask_rcnn_r18_shapes.py'))
     set_data_root(cfg, '/elsewhere/shapes')
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

@@ -136,6 +136,39 @@ def test_test_tool_reproduces_the_final_validation(trained, data_root):
     assert '| bbox class |' in table and '| triangle |' in table
 
 
+def test_test_tool_predicts_with_the_checkpoint_it_is_given(trained, data_root, tmp_path):
+    """After 3 iterations every AP is about 0, so equal metrics prove little: the raw
+    predictions of tools/test.py must be those of the checkpoint's weights (loaded here
+    independently), and unlike those of a model that was not loaded."""
+    import torch
+    from mmdet.apis import inference_detector, init_detector
+    from mmengine.config import Config
+
+    from resnet_backbone.cli import mmengine_checkpoint_loading, set_data_root
+    work, _ = trained
+    ckpt = osp.join(work, f'iter_{ITERS}.pth')
+    raw = str(tmp_path / 'raw.pkl')
+    proc = run_py(['tools/test.py', DEMO, ckpt, '--work-dir', str(tmp_path), '--data-root',
+                   data_root, '--out', raw])
+    assert proc.returncode == 0, explain(proc)
+    with open(raw, 'rb') as f:
+        dumped = {osp.basename(r['img_path']): r['pred_instances'] for r in pickle.load(f)}
+    cfg = set_data_root(Config.fromfile(osp.join(ROOT, DEMO)), data_root)
+    with mmengine_checkpoint_loading():
+        loaded = init_detector(cfg, ckpt, device='cpu')
+    fresh = init_detector(cfg, None, device='cpu')
+    name = sorted(dumped)[0]
+    image = osp.join(data_root, 'val', name)
+    ours = inference_detector(loaded, image).pred_instances
+    other = inference_detector(fresh, image).pred_instances
+    got = dumped[name]
+    assert len(got['scores']) == len(ours.scores) > 0
+    assert torch.allclose(torch.as_tensor(got['scores']), ours.scores, atol=1e-4)
+    assert torch.allclose(torch.as_tensor(got['bboxes']), ours.bboxes, atol=1e-2)
+    assert len(other.scores) != len(ours.scores) or not torch.allclose(
+        other.scores, ours.scores, atol=1e-3)
+
+
 def test_test_tool_format_only(trained, data_root):
     work, _ = trained
     ckpt = osp.join(work, f'iter_{ITERS}.pth')
@@ -200,7 +233,7 @@ def test_inference_detector_on_the_trained_checkpoint(trained, data_root):
     from mmdet.apis import inference_detector, init_detector
     from mmengine.config import Config
 
-    from resnet_backbone.demo.runtime import mmengine_checkpoint_loading, set_data_root
+    from resnet_backbone.cli import mmengine_checkpoint_loading, set_data_root
     work, _ = trained
     cfg = set_data_root(Config.fromfile(osp.join(ROOT, DEMO)), data_root)
     with mmengine_checkpoint_loading():
@@ -211,7 +244,7 @@ def test_inference_detector_on_the_trained_checkpoint(trained, data_root):
 
 
 def test_device_option():
-    from resnet_backbone.demo.runtime import select_device
+    from resnet_backbone.cli import select_device
     import torch
     if torch.cuda.is_available():
         assert select_device('auto') == select_device('cuda') == 'cuda'
@@ -221,7 +254,7 @@ def test_device_option():
             select_device('cuda')
     with pytest.raises(ValueError, match="device must be one of"):
         select_device('gpu')
-    probe = ('import os, sys; sys.argv = ["x"]; from resnet_backbone.demo.runtime import '
+    probe = ('import os, sys; sys.argv = ["x"]; from resnet_backbone.cli import '
              'select_device; print(select_device("cpu"), repr(os.environ["CUDA_VISIBLE_DEVICES"]))')
     proc = run_py(['-c', probe])
     assert proc.stdout.split() == ['cpu', "''"], explain(proc)
@@ -237,23 +270,57 @@ def test_missing_data_explains_layout(tmp_path):
     assert not os.path.exists(tmp_path / 'w' / 'last_checkpoint')
 
 
-def test_dist_train_runs_ddp_on_cpu(data_root, tmp_path):
+DUMP_PARAMS_HOOK = """
+import os, torch
+from mmengine.dist import get_rank
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class DumpParamsHook(Hook):
+    def after_run(self, runner):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        torch.save({n: p.detach().clone() for n, p in model.named_parameters()},
+                   os.path.join(runner.work_dir, f'params_rank{get_rank()}.pt'))
+"""
+
+
+def test_dist_train_runs_ddp_on_cpu_and_ranks_stay_in_sync(data_root, tmp_path):
+    """tools/dist_train.sh, 2 processes on gloo: it trains, and both ranks end with
+    identical parameters (each dumps its own model after the run)."""
     import socket
+
+    import torch
     work = str(tmp_path / 'dist')
+    (tmp_path / 'dump_params.py').write_text(DUMP_PARAMS_HOOK)
+    config = tmp_path / 'dist_cfg.py'
+    config.write_text(f"_base_ = {osp.join(ROOT, DEMO)!r}\n"
+                      "custom_imports = dict(imports=['resnet_backbone', "
+                      "'resnet_backbone.evaluation', 'dump_params'], allow_failed_imports=False)\n"
+                      "custom_hooks = [dict(type='SafeCheckpointsHook'), "
+                      "dict(type='DumpParamsHook')]\n")
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         env_port = str(s.getsockname()[1])
+    env = tool_env()
+    env['PYTHONPATH'] = f'{tmp_path}{os.pathsep}' + env['PYTHONPATH']
     proc = subprocess.run(
-        ['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', work, '--data-root',
+        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', work, '--data-root',
          data_root, '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
          'train_dataloader.batch_size=1', 'default_hooks.logger.interval=1'],
-        cwd=ROOT, env={**tool_env(), 'PORT': env_port, 'PYTHON': sys.executable},
+        cwd=ROOT, env={**env, 'PORT': env_port, 'PYTHON': sys.executable},
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, explain(proc)
     out = proc.stdout + proc.stderr
     assert re.search(r'Distributed training: True', out), out[-2000:]
     assert 'GPU number: 2' in out or 'world_size: 2' in out or "'world_size': 2" in out
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
+    ranks = [torch.load(osp.join(work, f'params_rank{r}.pt')) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 100
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]), f'ranks differ in {name}'
 
 
 def test_train_and_test_tools_destroy_the_process_group(tmp_path):
@@ -261,7 +328,7 @@ def test_train_and_test_tools_destroy_the_process_group(tmp_path):
     finished, failing the whole torchrun; the tools leave through this teardown."""
     import torch.distributed as dist
 
-    from resnet_backbone.demo.runtime import process_group_teardown
+    from resnet_backbone.cli import process_group_teardown
     dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0,
                             world_size=1)
     with pytest.raises(RuntimeError, match='boom'):
@@ -313,11 +380,13 @@ def test_runner_checkpoints_load_safely_and_narrowly(trained, tmp_path):
 
     import torch
 
-    from resnet_backbone.demo.runtime import mmengine_checkpoint_loading, read_runner_checkpoint
+    from resnet_backbone.cli import mmengine_checkpoint_loading, read_runner_checkpoint
     work, _ = trained
     ckpt = osp.join(work, f'iter_{ITERS}.pth')
-    # torch's default (weights_only=True) loads it: import resnet_backbone allowlisted
-    # exactly the types mmengine stores (resnet_backbone.runtime)
+    # torch's default (weights_only=True) loads it once the runtime is installed (our tools and
+    # SafeCheckpointsHook do it): it allowlists exactly the types mmengine stores
+    import resnet_backbone.runtime
+    resnet_backbone.runtime.install()
     assert 'state_dict' in torch.load(ckpt, map_location='cpu')
     state = read_runner_checkpoint(ckpt)
     assert 'backbone.conv1.weight' in state['state_dict']

@@ -41,7 +41,7 @@ def test_frozen_parts_stay_frozen(frozen_stages, deep_stem):
             top.startswith('layer') and int(top[5:]) <= frozen_stages)
         assert p.requires_grad == (not is_frozen), name
 
-    before = {n: m.running_mean.clone() for n, m in frozen}
+    before = {n: m.running_mean.clone() for n, m in frozen + free}
     params_before = {n: p.clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad] or
                           [torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9,
@@ -63,9 +63,9 @@ def test_frozen_parts_stay_frozen(frozen_stages, deep_stem):
     for n, p in model.named_parameters():
         if not p.requires_grad:
             assert torch.equal(p, params_before[n]), f'frozen {n} changed'
-    if free:
-        assert any(not torch.equal(m.running_mean, before.get(n, m.running_mean * 0))
-                   for n, m in free), 'unfrozen BN statistics should update'
+    moved = [n for n, m in free if not torch.equal(m.running_mean, before[n])]
+    assert len(moved) == len(free), f'unfrozen BN statistics should update: ' \
+        f'{sorted(set(n for n, _ in free) - set(moved))}'
 
 
 def test_norm_eval_keeps_all_bn_in_eval():

@@ -346,10 +346,14 @@ def test_sigmoid_focal_loss_on_cuda_matches_cpu():
 
 def test_mmsyncbn_becomes_torch_syncbn_without_compiled_ops():
     """mmcv's MMSyncBN runs kernels the stand-in lacks: a norm_cfg asking for it is
-    built as torch's SyncBatchNorm (and, outside a process group, as BN)."""
-    from resnet_backbone.runtime.syncbn import mmsyncbn_fallback, syncbn_fallback
+    built as torch's SyncBatchNorm (plain BN outside a process group)."""
+    from resnet_backbone.norms import build_norm, mmsyncbn_as_syncbn
     with pytest.warns(UserWarning, match="type='MMSyncBN' needs mmcv's compiled ops"):
-        cfg = mmsyncbn_fallback(dict(type='MMSyncBN', stats_mode='N', requires_grad=True))
+        cfg = mmsyncbn_as_syncbn(dict(type='MMSyncBN', stats_mode='N', requires_grad=True))
     assert cfg == dict(type='SyncBN', requires_grad=True)
-    assert syncbn_fallback(dict(type='MMSyncBN'))['type'] == 'BN'  # no process group here
-    assert mmsyncbn_fallback(dict(type='GN', num_groups=4)) == dict(type='GN', num_groups=4)
+    name, layer = build_norm(dict(type='MMSyncBN'), 8)
+    assert isinstance(layer, torch.nn.SyncBatchNorm) and name == 'bn'
+    x = torch.randn(4, 8, 5, 5)
+    assert torch.allclose(layer.train()(x), torch.nn.functional.batch_norm(
+        x, None, None, layer.weight, layer.bias, True), atol=1e-6)
+    assert mmsyncbn_as_syncbn(dict(type='GN', num_groups=4)) == dict(type='GN', num_groups=4)

@@ -4,6 +4,7 @@ fallback, and the bad-input table of docs/bad_inputs.md.
 The training tests run real processes and are the slow part (about 1-2 minutes
 together on 2 cores); everything else takes seconds.
 """
+import copy
 import json
 import os
 import os.path as osp
@@ -47,7 +48,7 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
-import resnet_backbone.runtime  # noqa: F401  (safe globals, atomic checkpoints)
+import resnet_backbone.runtime  # noqa: F401  (registers SafeCheckpointsHook)
 
 
 class Toy(BaseModel):
@@ -76,7 +77,8 @@ class RecordStart(Hook):
             f.write(f'{runner.epoch}\\n')
 
 
-def make_runner(work_dir, max_epochs=3, resume=False, sync_bn=False, hooks=()):
+def make_runner(work_dir, max_epochs=3, resume=False, sync_bn=False, hooks=(), safe=True):
+    # safe: SafeCheckpointsHook, as this project's configs have it (atomic saves, safe resume)
     return Runner(
         model=Toy(sync_bn), work_dir=work_dir, resume=resume,
         train_dataloader=dict(dataset=Data(), batch_size=2, collate_fn=dict(type='default_collate'),
@@ -86,7 +88,8 @@ def make_runner(work_dir, max_epochs=3, resume=False, sync_bn=False, hooks=()):
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1),
                            logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=[RecordStart(), *hooks], randomness=dict(seed=0), log_level='WARNING',
+        custom_hooks=[RecordStart(), *([dict(type='SafeCheckpointsHook')] if safe else []),
+                      *hooks], randomness=dict(seed=0), log_level='WARNING',
         experiment_name=f'toy_{os.getpid()}_{time.time_ns()}')
 '''
 
@@ -106,7 +109,8 @@ def toy(tmp_path):
 
 # ---------------------------------------------------------------------------- safe loading
 def test_runner_checkpoint_needs_only_the_allowlist(toy, tmp_path):
-    """torch >= 2.6 loads mmengine checkpoints with weights_only=True, given our allowlist."""
+    """torch >= 2.6 loads mmengine checkpoints with weights_only=True, given our allowlist
+    (installed by SafeCheckpointsHook before the run)."""
     toy.make_runner(str(tmp_path / 'wd'), max_epochs=2).train()
     path = str(tmp_path / 'wd' / 'epoch_2.pth')
     assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
@@ -119,6 +123,23 @@ def test_runner_checkpoint_needs_only_the_allowlist(toy, tmp_path):
     torch.save({'f': os.system}, tmp_path / 'other.pth')
     with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / 'other.pth')
+
+
+def test_import_changes_nothing_in_torch_or_mmengine():
+    """``import resnet_backbone`` only registers names; the runtime patch is install()."""
+    probe = textwrap.dedent('''
+        import torch, mmengine.runner.checkpoint as ck, mmengine.runner.runner as rn
+        before = (rn.save_checkpoint, rn.find_latest_checkpoint, torch.serialization.get_safe_globals())
+        import resnet_backbone, resnet_backbone.runtime as rt
+        after = (rn.save_checkpoint, rn.find_latest_checkpoint, torch.serialization.get_safe_globals())
+        assert after == before and not rt.atomic_checkpoints_installed(), after
+        rt.install()
+        assert rt.atomic_checkpoints_installed() and torch.serialization.get_safe_globals()
+        print('ok')
+    ''')
+    proc = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                          env=child_env(), timeout=120)
+    assert proc.stdout.strip().endswith('ok'), proc.stderr[-2000:]
 
 
 def _globals_beyond_torch_defaults(path):
@@ -227,9 +248,9 @@ def test_kill_during_checkpoint_write(toy, tmp_path, writer):
     script = tmp_path / 'child.py'
     script.write_text(SLOW_WRITE + textwrap.dedent(f'''
         import toy_runner, resnet_backbone.runtime as rt
-        if {writer == 'mmengine'}:
-            rt.uninstall_atomic_checkpoints()
-        toy_runner.make_runner({str(wd)!r}, max_epochs=3).train()
+        # mmengine: no SafeCheckpointsHook, so mmengine's own writer
+        toy_runner.make_runner({str(wd)!r}, max_epochs=3, safe={writer == 'atomic'}).train()
+        assert rt.atomic_checkpoints_installed() == {writer == 'atomic'}
     '''))
     proc = subprocess.Popen([sys.executable, str(script), 'x', str(marker)], cwd=tmp_path,
                             env=child_env(PYTHONPATH=f'{tmp_path}{os.pathsep}{ROOT}'),
@@ -283,6 +304,62 @@ def test_resume_skips_partial_and_dangling_files(toy, tmp_path):
     runner = toy.make_runner(str(wd), max_epochs=3, resume=True)
     runner.train()
     assert (wd / 'started_at.txt').read_text().split() == ['0', '2']
+
+
+@pytest.mark.parametrize('failure', ['ENOSPC', 'EACCES', 'exception'])
+def test_a_save_that_fails_half_way_keeps_the_previous_checkpoint(toy, tmp_path, monkeypatch,
+                                                                  failure):
+    """Disk full, permission denied, or an exception in the middle of writing epoch_2.pth:
+    training stops with an error that names the file and the cause, epoch_1.pth stays the
+    loadable last checkpoint, and no temporary file is left behind."""
+    import errno
+    import resnet_backbone.runtime.atomic as atomic
+    wd = tmp_path / 'wd'
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        if not (isinstance(obj, dict) and obj.get('meta', {}).get('epoch') == 2):
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b'PK\x03\x04 half a checkpoint')
+        if failure == 'exception':
+            raise RuntimeError('serialisation failed')
+        raise OSError(getattr(errno, failure), os.strerror(getattr(errno, failure)))
+
+    monkeypatch.setattr(atomic.torch, 'save', failing_save)
+    runner = toy.make_runner(str(wd), max_epochs=3)
+    expected = {'ENOSPC': 'No space left on device', 'EACCES': 'Permission denied',
+                'exception': 'serialisation failed'}[failure]
+    with pytest.raises((OSError, RuntimeError)) as info:
+        runner.train()
+    message = str(info.value) + ' '.join(getattr(info.value, '__notes__', []))
+    assert str(wd / 'epoch_2.pth') in message and expected in message
+    assert 'previous file there is unchanged' in message or 'nothing written' in message
+    assert sorted(os.listdir(wd)) == sorted(
+        n for n in os.listdir(wd) if not n.endswith('.tmp'))  # no temporary file left
+    assert not (wd / 'epoch_2.pth').exists()
+    assert (wd / 'last_checkpoint').read_text().endswith('epoch_1.pth')
+    assert rt.find_latest_checkpoint(str(wd)).endswith('epoch_1.pth')
+    rt.install()
+    assert torch.load(str(wd / 'epoch_1.pth'), map_location='cpu')['meta']['epoch'] == 1
+
+
+def test_old_format_checkpoints_are_loaded_before_resume_picks_them(toy, tmp_path):
+    """torch's old (non-zip) format has no CRCs: a truncated one passes the file check, so
+    the resume check loads it once and skips it when that fails."""
+    wd = tmp_path / 'wd'
+    toy.make_runner(str(wd), max_epochs=1).train()
+    rt.install()
+    ckpt = torch.load(str(wd / 'epoch_1.pth'), map_location='cpu')
+    torch.save(ckpt, wd / 'epoch_2.pth', _use_new_zipfile_serialization=False)
+    assert rt.checkpoint_problem(str(wd / 'epoch_2.pth')) is None  # the cheap check says yes
+    assert rt.resume_problem(str(wd / 'epoch_2.pth')) is None
+    (wd / 'last_checkpoint').write_text(str(wd / 'epoch_2.pth'))
+    assert rt.find_latest_checkpoint(str(wd)).endswith('epoch_2.pth')
+    data = (wd / 'epoch_2.pth').read_bytes()
+    (wd / 'epoch_2.pth').write_bytes(data[:len(data) // 2])
+    assert rt.checkpoint_problem(str(wd / 'epoch_2.pth')) is None
+    assert 'old-format' in rt.resume_problem(str(wd / 'epoch_2.pth'))
+    assert rt.find_latest_checkpoint(str(wd)).endswith('epoch_1.pth')
 
 
 def test_nothing_complete_means_a_fresh_start(toy, tmp_path):
@@ -391,7 +468,9 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
     assert sorted(after) == list(range(resumed_at + 1, 7))
     for step, losses in after.items():
         assert losses == reference[step], (step, losses, reference[step])
-    # the detector checkpoint loads with torch's default (weights_only) loading too
+    # the detector checkpoint loads with torch's default (weights_only) loading too, once
+    # the runtime is installed (what SafeCheckpointsHook and our tools do)
+    rt.install()
     assert torch.load(str(wd / 'iter_6.pth'), map_location='cpu')['meta']['iter'] == 6
 
 
@@ -421,19 +500,26 @@ def test_dist_train_two_processes_on_cpu(tmp_path):
     # DDP without find_unused_parameters raises at the 2nd iteration if a parameter got no
     # gradient in the 1st: three logged iterations show every trainable parameter is used
     assert sorted(_logged_losses(tmp_path / 'wd')) == [1, 2, 3]
+    rt.install()  # as the tools and SafeCheckpointsHook do: mmengine's types allowlisted
     ckpt = torch.load(str(tmp_path / 'wd' / 'iter_3.pth'), map_location='cpu')
     assert not any(k.startswith('module.') for k in ckpt['state_dict'])
 
 
 # ---------------------------------------------------------------------------- SyncBN fallback
-def test_syncbn_cfg_falls_back_to_bn_with_a_warning():
+def test_syncbn_cfg_builds_torch_syncbn_that_runs_as_bn_without_a_group():
+    """norm_cfg SyncBN builds torch's SyncBatchNorm (no silent BN at build time: in a
+    process group it synchronises); outside one it computes exactly what BN computes."""
+    from torch import nn
     assert not torch.distributed.is_initialized()
-    rt.syncbn._warned.clear()
-    with pytest.warns(UserWarning, match='process group'):
-        cfg = rt.syncbn_fallback(dict(type='SyncBN', requires_grad=True, momentum=0.1))
-    assert cfg == dict(type='BN', requires_grad=True, momentum=0.1)
-    assert rt.syncbn_fallback(dict(type='GN', num_groups=4)) == dict(type='GN', num_groups=4)
-    assert rt.syncbn_fallback(None) is None
+    sync = ResNetBackbone(depth=18, base_channels=8, norm_cfg=dict(type='SyncBN'),
+                          norm_eval=False).train()
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in sync.modules()) == 20  # every BN
+    plain = ResNetBackbone(depth=18, base_channels=8, norm_eval=False).train()
+    plain.load_state_dict(sync.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for a, b in zip(sync(x), plain(x)):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(sync.layer4[1].bn2.running_mean, plain.layer4[1].bn2.running_mean)
 
 
 def test_syncbn_model_runs_as_bn_with_a_warning():
@@ -448,16 +534,25 @@ def test_syncbn_model_runs_as_bn_with_a_warning():
     model(torch.randn(2, 3, 8, 8)).sum().backward()  # trains without a process group
 
 
-def test_syncbn_backbone_without_process_group_trains():
-    """Whole backbone with norm_cfg SyncBN, no process group: builds and trains (as BN)."""
+def test_syncbn_backbone_without_process_group_reverts_to_bn_and_trains():
+    """revert_syncbn turns every SyncBN of a built backbone into BN with the same
+    parameters and statistics (shared, so an optimiser built before keeps working)."""
     model = ResNetBackbone(depth=18, base_channels=8, norm_cfg=dict(type='SyncBN'),
                            norm_eval=False).train()
+    params = {n: p for n, p in model.named_parameters()}
+    x = torch.randn(2, 3, 64, 64)
+    before = [o.detach() for o in copy.deepcopy(model)(x)]
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        model, _ = rt.revert_syncbn(model)
-    outs = model(torch.randn(2, 3, 64, 64))
-    sum(o.sum() for o in outs).backward()
+        model, converted = rt.revert_syncbn(model)
+    assert converted == 20
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert all(p is params[n] for n, p in model.named_parameters())
+    outs = model(x)
+    for a, b in zip(outs, before):
+        assert torch.allclose(a, b, atol=1e-5)
+    sum(o.sum() for o in outs).backward()
+    assert all(p.grad is not None for p in params.values())
 
 
 def test_syncbn_run_without_process_group_warns(toy, tmp_path):
@@ -509,11 +604,24 @@ def test_non_contiguous_and_channels_last_inputs_give_the_same_result():
 
 
 def test_channels_last_trains():
+    """A channels_last input trains like its NCHW twin: the same outputs, input gradient
+    and parameter gradients (within float32 rounding)."""
     model = _r18().train()
-    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    sum(o.square().mean() for o in model(x)).backward()
-    assert torch.isfinite(x.grad).all()
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for inp in (x.contiguous(memory_format=torch.channels_last), x.clone()):
+        inp.requires_grad_(True)
+        model.zero_grad()
+        outs = model(inp)
+        sum(o.square().mean() for o in outs).backward()
+        results.append(([o.detach() for o in outs], inp.grad,
+                        [p.grad.clone() for p in model.parameters()]))
+    (outs_cl, grad_cl, params_cl), (outs, grad, params) = results
+    for a, b in zip(outs_cl, outs):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(grad_cl, grad, rtol=1e-3, atol=1e-6) and grad.abs().sum() > 0
+    for a, b in zip(params_cl, params):
+        assert (a - b).norm() <= 1e-3 * b.norm() + 1e-8
 
 
 @pytest.mark.parametrize('value', [float('nan'), float('inf'), float('-inf')])

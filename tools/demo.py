@@ -38,7 +38,7 @@ def say(msg):
 def parse_args(argv=None):
     from make_demo_data import DEFAULTS
 
-    from resnet_backbone.demo.runtime import add_device_argument
+    from resnet_backbone.cli import add_device_argument
     p = argparse.ArgumentParser(description='Train and evaluate the CPU demo in one go')
     p.add_argument('--work-dir', default='work_dirs/demo')
     p.add_argument('--data-root', default=DEFAULTS['out'])
@@ -130,7 +130,7 @@ def draw_predictions(config, checkpoint, data_root, out_path, num_images=12, sco
     from mmdet.apis import inference_detector, init_detector
     from mmengine.config import Config
 
-    from resnet_backbone.demo.runtime import mmengine_checkpoint_loading, set_data_root
+    from resnet_backbone.cli import mmengine_checkpoint_loading, set_data_root
     cfg = Config.fromfile(osp.join(ROOT, config))
     set_data_root(cfg, data_root)
     if cfg_options:
@@ -247,7 +247,7 @@ def main(argv=None):
     sys.path.insert(0, osp.join(ROOT, 'tools'))
     args = parse_args(argv)
     os.chdir(ROOT)
-    from resnet_backbone.demo.runtime import select_device
+    from resnet_backbone.cli import select_device
     device = select_device(args.device)  # 'cpu' hides the GPUs from the tools run below too
     say(f'device: {device_name(device)}')
     t0 = time.time()

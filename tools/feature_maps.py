@@ -40,7 +40,7 @@ def build_backbone(config, checkpoint=None, random_init=False):
     import resnet_backbone  # noqa: F401  (registers the backbones)
     from mmdet.registry import MODELS
     from resnet_backbone.checkpoint import load_checkpoint
-    from resnet_backbone.demo.runtime import read_runner_checkpoint
+    from resnet_backbone.cli import read_runner_checkpoint
     cfg = Config.fromfile(config)
     bb_cfg = copy.deepcopy(cfg.model.backbone)
     bb_cfg['out_indices'] = (0, 1, 2, 3)

@@ -26,7 +26,7 @@ TEST_DEV = dict(ann_file='annotations/image_info_test-dev2017.json',
 def parse_args(argv=None):
     from mmengine.config import DictAction
 
-    from resnet_backbone.demo.runtime import add_device_argument
+    from resnet_backbone.cli import add_device_argument
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -69,7 +69,7 @@ def _evaluators(cfg):
 
 
 def build_cfg(args):
-    from resnet_backbone.demo.runtime import (iter_datasets, load_cfg, prepare_cpu_distributed,
+    from resnet_backbone.cli import (iter_datasets, load_cfg, prepare_cpu_distributed,
                                               select_device)
     select_device(args.device)
     cfg = load_cfg(args)
@@ -131,8 +131,10 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
 
-    from resnet_backbone.demo.runtime import (build_runner, mmengine_checkpoint_loading,
-                                              process_group_teardown)
+    from resnet_backbone import runtime
+    from resnet_backbone.cli import (build_runner, mmengine_checkpoint_loading,
+                                     process_group_teardown)
+    runtime.install()  # atomic checkpoints, safe resume (also SafeCheckpointsHook's work)
 
     if not osp.isfile(args.checkpoint):
         print(f'checkpoint not found: {args.checkpoint}', file=sys.stderr)

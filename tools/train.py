@@ -20,7 +20,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 def parse_args(argv=None):
     from mmengine.config import DictAction
 
-    from resnet_backbone.demo.runtime import add_device_argument
+    from resnet_backbone.cli import add_device_argument
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
@@ -48,7 +48,7 @@ def parse_args(argv=None):
 
 def build_cfg(args):
     """The config after the command line: device, work dir, overrides, AMP, resume, data root."""
-    from resnet_backbone.demo.runtime import load_cfg, prepare_cpu_distributed, select_device
+    from resnet_backbone.cli import load_cfg, prepare_cpu_distributed, select_device
     select_device(args.device)
     cfg = load_cfg(args)
     if args.amp:
@@ -80,8 +80,10 @@ def main(argv=None):
     cfg = build_cfg(args)
 
     from resnet_backbone.checkpoint import check_normalization
-    from resnet_backbone.demo.runtime import (build_runner, mmengine_checkpoint_loading,
-                                              process_group_teardown)
+    from resnet_backbone import runtime
+    from resnet_backbone.cli import (build_runner, mmengine_checkpoint_loading,
+                                     process_group_teardown)
+    runtime.install()  # atomic checkpoints, safe resume (also SafeCheckpointsHook's work)
 
     check_normalization(cfg)
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') else (

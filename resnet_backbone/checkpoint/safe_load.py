@@ -11,6 +11,8 @@ import pickle
 import numpy as np
 import torch
 
+from .integrity import checkpoint_problem
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
@@ -45,8 +47,18 @@ def _read_pkl(path):
     return data
 
 
+def _read_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(path, device='cpu')
+    except SafetensorError as e:  # not among the errors below: named here, with the file
+        raise CheckpointError(
+            f'checkpoint file {path} ({os.path.getsize(path)} bytes) is not a valid '
+            f'safetensors file: {e}; download it again') from None
+
+
 def _read_torch(path):
-    from ..runtime.atomic import checkpoint_problem
     problem = checkpoint_problem(path)  # torch.load does not check zip CRCs
     if problem is not None:
         raise CheckpointError(f'checkpoint file {path} is truncated or corrupt: {problem}; '
@@ -73,8 +85,7 @@ def read_checkpoint(path):
         if ext == '.pkl':
             return _read_pkl(path)
         if ext == '.safetensors':
-            from safetensors.torch import load_file
-            return load_file(path, device='cpu')
+            return _read_safetensors(path)
         return _read_torch(path)
     except UnsafeCheckpointError:
         raise

@@ -1,4 +1,4 @@
-"""The bundled demo: a synthetic shapes data set and helpers for tools/."""
+"""The bundled demo: a synthetic COCO-format shapes data set."""
 from .shapes import CLASSES, draw_image, generate_split, make_shapes_dataset
 
 __all__ = ['CLASSES', 'draw_image', 'generate_split', 'make_shapes_dataset']

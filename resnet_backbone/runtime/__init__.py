@@ -1,7 +1,10 @@
 """Reliable training with mmengine: safe resume, atomic checkpoints, SyncBN fallback, bad data.
 
-``import resnet_backbone.runtime`` (``import resnet_backbone`` does it) calls
-:func:`install`, which
+Importing this module registers the hooks ``SafeCheckpointsHook``,
+``DeterministicResumeHook``, ``SyncBNFallbackHook`` and ``SkippedImagesHook``
+(mmengine HOOKS) and changes nothing else. The one patch is :func:`install`,
+run by ``SafeCheckpointsHook`` before a run (this project's configs turn it on)
+and by this project's tools; it
 
 * adds to torch's ``weights_only`` allowlist exactly the non-tensor types
   mmengine Runner checkpoints hold, so ``--resume`` and ``load_from`` work on
@@ -9,29 +12,30 @@
 * makes the Runner write checkpoints atomically and resume only from complete
   files (:mod:`.atomic`).
 
-It also registers the hooks ``DeterministicResumeHook``, ``SyncBNFallbackHook``
-and ``SkippedImagesHook`` (mmengine HOOKS), and provides :func:`syncbn_fallback`
-for the backbone's norm builder. The transform ``SafeLoadImageFromFile`` and
-the dataset ``CheckedCocoDataset`` live in :mod:`.data`, which imports mmdet's
-datasets and is therefore loaded on first use of those names here, or by
-``custom_imports = dict(imports=[..., 'resnet_backbone.runtime.data'])`` in a
-config. Set ``RESNET_BACKBONE_NO_RUNTIME_PATCH=1`` to skip :func:`install`.
+The transform ``SafeLoadImageFromFile`` and the dataset ``CheckedCocoDataset``
+live in :mod:`.data`, which imports mmdet's datasets and is therefore loaded on
+first use of those names here, or by ``custom_imports = dict(imports=[...,
+'resnet_backbone.runtime.data'])`` in a config.
 """
 import importlib
-import os
 
 from .atomic import (atomic_checkpoints_installed, atomic_save, atomic_write, checkpoint_problem,
                      find_latest_checkpoint, install_atomic_checkpoints, is_complete_checkpoint,
-                     uninstall_atomic_checkpoints)
-from .hooks import DeterministicResumeHook, SkippedImagesHook, SyncBNFallbackHook, reseed
+                     resume_problem, uninstall_atomic_checkpoints)
+from .hooks import (DeterministicResumeHook, SafeCheckpointsHook, SkippedImagesHook,
+                    SyncBNFallbackHook, reseed)
 from .safe_globals import (MMENGINE_SAFE_GLOBAL_NAMES, allow_mmengine_checkpoints,
                            mmengine_safe_globals)
 from .skipped import read_skip_log, reset_skipped_images, skipped_images
-from .syncbn import SYNC_BN_TYPES, revert_syncbn, syncbn_fallback
+from .syncbn import revert_syncbn
 
 
 def install():
-    """Allowlist mmengine checkpoint types for safe loading; atomic checkpoints. Idempotent."""
+    """Allowlist mmengine checkpoint types for safe loading; atomic checkpoints. Idempotent.
+
+    The one change this package makes to torch and mmengine; ``uninstall_atomic_checkpoints``
+    undoes the second part.
+    """
     allow_mmengine_checkpoints()
     install_atomic_checkpoints()
 
@@ -46,14 +50,13 @@ def __getattr__(name):
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-if os.environ.get('RESNET_BACKBONE_NO_RUNTIME_PATCH', '0') in ('', '0'):
-    install()
-
 __all__ = ['install', 'allow_mmengine_checkpoints', 'mmengine_safe_globals',
            'MMENGINE_SAFE_GLOBAL_NAMES', 'atomic_save', 'atomic_write', 'checkpoint_problem',
-           'is_complete_checkpoint', 'find_latest_checkpoint', 'install_atomic_checkpoints',
+           'is_complete_checkpoint', 'resume_problem', 'find_latest_checkpoint',
+           'install_atomic_checkpoints',
            'uninstall_atomic_checkpoints', 'atomic_checkpoints_installed',
-           'DeterministicResumeHook', 'SyncBNFallbackHook', 'SkippedImagesHook', 'reseed',
+           'SafeCheckpointsHook', 'DeterministicResumeHook', 'SyncBNFallbackHook',
+           'SkippedImagesHook', 'reseed',
            'SafeLoadImageFromFile', 'CheckedCocoDataset', 'CorruptImageError',
            'image_bytes_problem', 'skipped_images', 'reset_skipped_images', 'read_skip_log',
-           'syncbn_fallback', 'revert_syncbn', 'SYNC_BN_TYPES']
+           'revert_syncbn']

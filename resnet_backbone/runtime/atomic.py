@@ -26,10 +26,11 @@ import os
 import os.path as osp
 import re
 import tempfile
-import zipfile
 
 import torch
 from mmengine.logging import print_log
+
+from ..checkpoint.integrity import checkpoint_problem, is_complete_checkpoint, is_legacy_format
 
 TMP_SUFFIX = '.tmp'
 _STEP_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
@@ -66,11 +67,16 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        kept = 'the previous file there is unchanged' if osp.exists(path) else 'nothing written'
+        if isinstance(error, OSError):  # disk full, permission denied, I/O error...
+            raise OSError(error.errno, f'could not write {path}: '
+                          f'{error.strerror or error}; {kept}', path) from error
+        error.add_note(f'while writing {path}: {kept}')
         raise
     _fsync_dir(folder)
     return path
@@ -79,47 +85,6 @@ def atomic_write(path, write):
 def atomic_save(obj, path):
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
     return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path, text):
-    return atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
-def checkpoint_problem(path):
-    """None if ``path`` is a complete checkpoint file, else why it is not.
-
-    torch saves zip archives: a truncated one has no central directory, a
-    corrupted one fails a CRC check (torch.load itself does not check CRCs, so
-    flipped bits in tensor data would load silently). Files in torch's legacy
-    format (a pickle stream) cannot be verified this way and are accepted when
-    they start like one; anything else is not a torch checkpoint.
-    """
-    if not path:
-        return 'no file named'
-    if not osp.isfile(path):
-        return 'file does not exist'
-    size = osp.getsize(path)
-    if size == 0:
-        return 'file is empty (0 bytes)'
-    with open(path, 'rb') as f:
-        magic = f.read(4)
-    if magic != b'PK\x03\x04':
-        if magic[:1] == b'\x80':  # pickle protocol >= 2: torch's legacy format
-            return None
-        return f'not a torch checkpoint (neither zip nor pickle; {size} bytes)'
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        return f'incomplete or corrupt zip ({size} bytes): {e}'
-    if bad is not None:
-        return f'CRC mismatch in {bad} ({size} bytes)'
-    return None
-
-
-def is_complete_checkpoint(path):
-    return checkpoint_problem(path) is None
 
 
 def _step_of(path):
@@ -188,7 +153,7 @@ def find_latest_checkpoint(path):
             named = f.read().strip()
     skipped = []
     if named:
-        problem = checkpoint_problem(named)
+        problem = resume_problem(named)
         if problem is None:
             newer = _newer_complete(named)
             if newer:
@@ -204,7 +169,7 @@ def find_latest_checkpoint(path):
     folders = [path] + ([osp.dirname(named)] if named and osp.dirname(named) != path else [])
     for folder in folders:
         for _, _, candidate in _candidates(folder):
-            problem = checkpoint_problem(candidate)
+            problem = resume_problem(candidate)
             if problem is None:
                 print_log('skipped incomplete checkpoint(s): ' + '; '.join(skipped)
                           + f'. Resuming from {candidate}', logger='current',
@@ -226,18 +191,38 @@ def _newer_complete(named):
         return None
     for kind, n, candidate in _candidates(osp.dirname(named)):
         if (kind == step[0] and n > step[1] and _mtime(candidate) > _mtime(named)
-                and is_complete_checkpoint(candidate)):
+                and resume_problem(candidate) is None):
             return candidate
     return None
 
 
-def _is_local(filename, backend_args):
-    return (not backend_args and '://' not in str(filename))
+def resume_problem(path):
+    """None if ``--resume`` can load ``path``, else why not.
+
+    On top of :func:`checkpoint_problem`, an old-format (non-zip) checkpoint, whose
+    completeness no CRC shows, is loaded once (safely) to find out.
+    """
+    problem = checkpoint_problem(path)
+    if problem is not None or not is_legacy_format(path):
+        return problem
+    from .safe_globals import mmengine_safe_globals
+    try:
+        with torch.serialization.safe_globals(mmengine_safe_globals()):
+            torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001  (whatever stops the load stops the resume)
+        return f'old-format (non-zip) checkpoint that does not load: {type(e).__name__}: ' \
+            f'{str(e).splitlines()[0] if str(e) else ""}'
+    return None
+
+
+def is_local_path(path):
+    """A path on the local file system (not ``s3://``, ``petrel://``, ``http://``...)."""
+    return isinstance(path, (str, os.PathLike)) and '://' not in os.fspath(path)
 
 
 def save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=None):
     """mmengine's ``save_checkpoint`` with atomic writes for local files."""
-    if file_client_args is None and _is_local(filename, backend_args):
+    if file_client_args is None and not backend_args and is_local_path(filename):
         atomic_save(checkpoint, filename)
         return
     _ORIGINAL['save_checkpoint'](checkpoint, filename, file_client_args=file_client_args,

@@ -33,6 +33,7 @@ from mmdet.registry import DATASETS, TRANSFORMS
 from mmengine import fileio
 from mmengine.logging import print_log
 
+from .atomic import is_local_path
 from .skipped import record_skipped_image
 
 
@@ -119,10 +120,6 @@ class SafeLoadImageFromFile(LoadImageFromFile):
         return super().__repr__()[:-1] + f", on_error='{self.on_error}')"
 
 
-def _is_local(path):
-    return isinstance(path, str) and '://' not in path
-
-
 @DATASETS.register_module()
 class CheckedCocoDataset(CocoDataset):
     """``CocoDataset`` that refuses missing, empty or unusable data with a clear error."""
@@ -132,14 +129,14 @@ class CheckedCocoDataset(CocoDataset):
 
     def load_data_list(self):
         ann = self.ann_file
-        if _is_local(ann):
+        if is_local_path(ann):
             if not osp.isfile(ann):
                 raise FileNotFoundError(f'annotation file not found: {ann} {self._where()}')
             if osp.getsize(ann) == 0:
                 raise ValueError(f'annotation file {ann} is empty (0 bytes); regenerate or '
                                  're-download it')
         img_dir = (self.data_prefix or {}).get('img')
-        if img_dir and _is_local(img_dir) and not osp.isdir(img_dir):
+        if img_dir and is_local_path(img_dir) and not osp.isdir(img_dir):
             raise FileNotFoundError(f'image folder not found: {img_dir} {self._where()}')
         try:
             data_list = super().load_data_list()

@@ -2,7 +2,8 @@
 
 Add them to a config with::
 
-    custom_hooks = [dict(type='DeterministicResumeHook'),
+    custom_hooks = [dict(type='SafeCheckpointsHook'),
+                    dict(type='DeterministicResumeHook'),
                     dict(type='SyncBNFallbackHook'),
                     dict(type='SkippedImagesHook')]
 """
@@ -51,6 +52,19 @@ class _SeededIterator:
 
     def __getattr__(self, name):
         return getattr(self._iterator, name)
+
+
+@HOOKS.register_module()
+class SafeCheckpointsHook(Hook):
+    """Before the run (and so before any resume or ``load_from``), :func:`install`:
+    atomic checkpoint writes, resume from complete files only, and torch's safe
+    ``weights_only`` loading of mmengine's checkpoints."""
+
+    priority = 'VERY_HIGH'
+
+    def before_run(self, runner):
+        from . import install
+        install()
 
 
 @HOOKS.register_module()

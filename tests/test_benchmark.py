@@ -214,9 +214,7 @@ def test_stdout_table_matches_json(tiny):
     header, table = parse_table(stdout)
     assert header == list(benchmark.COLUMNS)
     check_table_matches(result['rows'], table)
-    assert 'Acceptance (issue 7):' in stdout
-    for a in result['acceptance']:
-        assert f"[{a['status']}] {a['name']}: {a['detail']}" in stdout
+    assert 'acceptance' not in result  # the tool measures; docs/benchmarks.md states claims
     assert result['memory_method'] in stdout
 
 
@@ -275,12 +273,11 @@ def test_detector_rows(tmp_path):
     assert ours['loss_max_abs_diff'] < 1e-3
     _, table = parse_table('\n'.join(lines))
     check_table_matches(rows, table)
-    verdict, = [a for a in result['acceptance'] if a['name'].startswith('Mask R-CNN')]
-    assert verdict['status'] == ('PASS' if ours['ratio_vs_ref'] >= 1.0 else 'FAIL')
     paired = [a / b for a, b in zip(ref['times_s'], ours['times_s'])]
-    assert verdict['detail'] == (
-        f"{ours['ratio_vs_ref']:.3f}x ({ours['median_s']:.3f} s/iter vs {ref['median_s']:.3f}; "
-        f"1x3x64x64; per-round ratios {min(paired):.3f}-{max(paired):.3f})")
+    assert (f"Mask R-CNN R-50-FPN train iteration (fp32), ours vs MMDetection ResNet: "
+            f"{ours['ratio_vs_ref']:.3f}x ({ours['median_s']:.3f} s/iter vs "
+            f"{ref['median_s']:.3f}; 1x3x64x64; per-round ratios {min(paired):.3f}-"
+            f"{max(paired):.3f})") in lines
 
 
 def test_detector_rows_default_to_the_configs_training_scale():
@@ -312,48 +309,23 @@ def test_detector_iterations_are_seeded_alike_per_round():
     assert not torch.equal(draws['ours'][0], draws['ours'][1])
 
 
-BLOCK_MMCV_OPS = r'''
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == 'mmcv._ext':
-            raise ImportError('simulated: mmcv without compiled ops')
-sys.meta_path.insert(0, Block())
-sys.path.insert(0, 'tools')
-import json, torch, benchmark
-cls, how = benchmark.mmdet_resnet()
-assert cls is not None and 'on its own' in how, how
-assert benchmark.mmcv_ops_status()[0] is False
-from resnet_backbone import ResNetBackbone
-ref = benchmark.randomize(cls(depth=18))
-ref.eval()  # MMDetection's train()/eval() return None
-ours = ResNetBackbone(depth=18)
-ours.load_state_dict(ref.state_dict(), strict=True)
-ours.eval()
-x = torch.randn(1, 3, 64, 64)
-with torch.no_grad():
-    assert max((a - b).abs().max().item() for a, b in zip(ours(x), ref(x))) < 1e-4
-result = benchmark.main(['--tiny', '--modes', 'eval,dcn', '--dtypes', 'fp32', '--threads', '1',
-                         '--channels-last', 'off', '--detector'],
-                        log=lambda s: None, progress=lambda s: None)
-print(json.dumps({r['id']: r.get('error', 'ok') for r in result['rows']}))
-'''
-
-
-def test_without_mmcv_ops_mmdet_resnet_still_loads():
-    """The GPU machine's situation (mmcv without ops): MMDetection's ResNet is
-    imported on its own, DCN runs on our torchvision backend only, and the rows
-    that need mmcv.ops say so."""
-    proc = subprocess.run([sys.executable, '-c', BLOCK_MMCV_OPS], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    status = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert status['eval/fp32/nchw/eager/mmdet'] == 'ok'
-    assert status['eval/fp32/nchw/eager/ours'] == 'ok'
-    assert status['dcn/fp32/nchw/eager/ours-torchvision'] == 'ok'
-    for rid in ('dcn/fp32/nchw/eager/mmdet', 'dcn/fp32/nchw/eager/ours-mmcv',
-                'detector/fp32/nchw/eager/ours'):
-        assert status[rid].startswith('unavailable') and 'mmcv.ops' in status[rid], status[rid]
+def test_ab_of_a_cpu_route_runs_both_arms_in_one_run(tmp_path):
+    """--ab: each route on and off in alternation; the gain is the ratio of the medians,
+    and the markdown says which routes reach 3%."""
+    out, md = tmp_path / 'ab.json', tmp_path / 'ab.md'
+    result, lines = quiet_main(['--ab', 'winograd,all', '--tiny', '--repeats', '3',
+                                '--out', str(out), '--markdown', str(md)])
+    rows = result['rows']
+    assert [(r['route'], r['step'], r['size']) for r in rows] == [
+        ('winograd', 'train', '64x64'), ('all', 'train', '64x64')]
+    for row in rows:
+        assert row['rounds'] == 3 and row['on_s'] > 0 and row['off_s'] > 0
+        assert row['gain'] == pytest.approx(row['off_s'] / row['on_s'] - 1)
+    assert json.loads(out.read_text())['rows'] == json.loads(json.dumps(rows))
+    text = md.read_text()
+    assert '<!-- benchmark:ab:begin -->' in text and '| winograd | train | 64x64 |' in text
+    from resnet_backbone import cpu
+    assert cpu.enabled() and all(cpu.path_on(r) for r in cpu.PATHS)  # all back on
 
 
 def test_cpu_peak_memory_counts_what_the_step_holds():
@@ -370,7 +342,8 @@ def test_cpu_peak_memory_counts_what_the_step_holds():
 
 
 def test_bad_arguments_are_refused():
-    for argv in (['--size', '64'], ['--dtypes', 'fp16'], ['--modes', 'eval,foo']):
+    for argv in (['--size', '64'], ['--dtypes', 'fp16'], ['--modes', 'eval,foo'],
+                 ['--ab', 'bogus']):
         with pytest.raises(SystemExit) as e:
             benchmark.parse_args(argv)
         assert e.value.code == 2

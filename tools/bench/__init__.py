@@ -1,0 +1,1 @@
+"""The benchmark's measuring code; ``tools/benchmark.py`` is its command line."""

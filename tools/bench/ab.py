@@ -1,0 +1,120 @@
+"""A/B of the CPU kernel routes: the step each route targets, with the route on and off.
+
+For every (route, step, size) the two arms alternate round by round in one
+process (the arm that goes first alternates too), after one warm-up round each;
+the result is each arm's median and ``gain = median(off) / median(on) - 1``. A
+route earns its place with a gain of at least 3% on one of the sizes it targets
+(docs/benchmarks.md).
+
+Steps: ``eval`` is a no-grad forward, ``train`` a forward + backward with
+``frozen_stages=1, norm_eval=True`` (MMDetection's zoo setting); R-50 with
+random weights. ``all`` is every route at once against the switch off.
+"""
+import contextlib
+import statistics
+import time
+
+import torch
+
+from .models import backbone_kwargs, loss_weights, randomize, weighted_loss
+
+SIZES = {'800x1216': (1, 800, 1216), '2x512x512': (2, 512, 512), '2x320x320': (2, 320, 320),
+         '64x64': (1, 64, 64)}
+# the steps and sizes each route is for
+TARGETS = {
+    'channels_last': (('eval', '800x1216'), ('train', '800x1216'), ('train', '2x512x512'),
+                      ('train', '2x320x320')),
+    'nchw_copy': (('eval', '800x1216'), ('train', '800x1216')),
+    'train_post_ops': (('train', '800x1216'), ('train', '2x512x512'), ('train', '2x320x320')),
+    'gemm_weight_grad': (('train', '800x1216'), ('train', '2x512x512'), ('train', '2x320x320')),
+    'winograd': (('train', '800x1216'), ('train', '2x512x512'), ('train', '2x320x320')),
+    'all': (('eval', '800x1216'), ('train', '800x1216'), ('train', '2x320x320')),
+}
+
+
+def route_off(route):
+    """A context in which ``route`` is off (``all``: the whole switch)."""
+    from resnet_backbone import cpu
+    if route != 'all':
+        return cpu.paths_disabled(route)
+
+    @contextlib.contextmanager
+    def switch_off():
+        previous = cpu.set_enabled(False)
+        try:
+            yield
+        finally:
+            cpu.set_enabled(previous)
+    return switch_off()
+
+
+def make_step(mode, shape, depth=50):
+    from resnet_backbone import ResNetBackbone
+    model = randomize(ResNetBackbone(**backbone_kwargs(depth)))
+    x = torch.randn(*shape[:1], 3, *shape[1:], generator=torch.Generator().manual_seed(0))
+    if mode == 'eval':
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(x)
+        return step
+    model.train()
+    with torch.no_grad():
+        weights = loss_weights([o.shape for o in model(x)], x.device)
+
+    def step():
+        weighted_loss(model(x), weights).backward()
+        model.zero_grad(set_to_none=True)
+    return step
+
+
+def timed(step, context):
+    with context:
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+
+
+def ab(route, mode, size, rounds, log=print):
+    """{'route', 'step', 'size', 'on_s', 'off_s', 'gain', 'rounds'} of one A/B."""
+    step = make_step(mode, SIZES[size])
+    times = {'on': [], 'off': []}
+    for r in range(rounds + 1):
+        order = ('on', 'off') if r % 2 == 0 else ('off', 'on')
+        for arm in order:
+            elapsed = timed(step, contextlib.nullcontext() if arm == 'on' else route_off(route))
+            if r:
+                times[arm].append(elapsed)
+    on, off = statistics.median(times['on']), statistics.median(times['off'])
+    row = dict(route=route, step=mode, size=size, on_s=on, off_s=off, gain=off / on - 1,
+               rounds=rounds)
+    log(f'{route:17s} {mode:5s} {size:9s}  on {on * 1e3:8.1f} ms  off {off * 1e3:8.1f} ms  '
+        f'gain {row["gain"]:+6.1%}  (medians of {rounds})')
+    return row
+
+
+def run(routes, rounds, log=print, only=None):
+    """Every A/B of ``routes``; ``only``: (step, size) for all of them instead (tests)."""
+    rows = []
+    for route in routes:
+        for mode, size in ([only] if only else TARGETS[route]):
+            rows.append(ab(route, mode, size, rounds, log))
+    return rows
+
+
+def markdown(result):
+    from .report import machine_lines
+    rows = result['rows']
+    lines = [f"### {result['title']}", '', 'Machine:', ''] + machine_lines(result['machine']) + [
+             '', f"Command: `{result['command']}`", '',
+             '| route | step | size | on (ms) | off (ms) | gain | keeps its place (>= 3%) |',
+             '|---|---|---|---|---|---|---|']
+    best = {}
+    for r in rows:
+        best[r['route']] = max(best.get(r['route'], -1.0), r['gain'])
+    for r in rows:
+        lines.append(f"| {r['route']} | {r['step']} | {r['size']} | {r['on_s'] * 1e3:.1f} | "
+                     f"{r['off_s'] * 1e3:.1f} | {r['gain']:+.1%} | "
+                     f"{'yes' if best[r['route']] >= 0.03 else 'no'} |")
+    return '\n'.join(lines) + '\n'

@@ -9,7 +9,7 @@ import torch
 
 from .common import DTYPES, MASK_RCNN_CONFIG, REFERENCE, SEED, mmcv_ops_status, synchronize
 from .groups import row_id, selected
-from .measure import _guard, add_ratios, add_stats, timed_rounds
+from .measure import _guard, add_ratios, add_stats, time_and_measure
 from .models import group_impls
 from .report import format_row
 
@@ -175,15 +175,7 @@ def _detector_rows(args, device, meter, log, dtype, models, initial, data, rows,
         if _guard(r, lambda r=r: losses.__setitem__(r.impl, r.step()), times, alive):
             rows[r.impl]['losses_first_iter'] = {k: float(torch.as_tensor(v).detach())
                                                   for k, v in losses[r.impl].items()}
-    timed_rounds(alive, args.warmup, args.detector_repeats, device, times)
-    for r in alive:
-        if r.impl not in times.get('_errors', {}):
-            try:
-                rows[r.impl]['peak_mem_mib'] = meter.measure(r.step, r.zero_grad)
-            except Exception as e:
-                rows[r.impl]['peak_mem_error'] = f'{type(e).__name__}: {e}'
-    for impl, err in times.get('_errors', {}).items():
-        rows[impl]['error'] = err
+    time_and_measure(alive, args.warmup, args.detector_repeats, device, times, meter, rows)
     out = []
     for impl, row in rows.items():
         row['config'] = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))

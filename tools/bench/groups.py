@@ -7,7 +7,7 @@ import torch
 from .common import (DTYPES, GRAD_SAME_FACTOR, GRAD_SAME_FLOOR, REFERENCE, SEED, _once,
                      ours_class)
 from .measure import (Runner, _guard, add_ratios, add_stats, flop_counter, grad_diffs,
-                      grad_norm_err, out_rel_diff, timed_rounds)
+                      grad_norm_err, out_rel_diff, time_and_measure)
 from .models import (build_impl, dcn_reference_impl, group_impls, loss_weights,
                      reference_impl, reference_state, set_mode)
 from .report import format_row
@@ -132,16 +132,7 @@ def run_backbone_group(args, device, mode, dtype, layout, compile_, patterns, me
             if _guard(r, grad_check, times, alive):
                 row['check'] = dict(kind='grad_max_rel_diff', value=row['grad_max_rel_diff'],
                                     against=f"{ref['impl']} eager fp32")
-    timed_rounds(alive, args.warmup, args.repeats, device, times)
-    for r in alive:
-        if r.impl in times.get('_errors', {}):
-            continue
-        try:
-            rows[r.impl]['peak_mem_mib'] = meter.measure(r.step, r.zero_grad)
-        except Exception as e:
-            rows[r.impl]['peak_mem_error'] = f'{type(e).__name__}: {e}'
-    for impl, err in times.get('_errors', {}).items():
-        rows[impl]['error'] = err
+    time_and_measure(alive, args.warmup, args.repeats, device, times, meter, rows)
     del runners, alive
     gc.collect()
     out = []

@@ -197,6 +197,21 @@ def timed_rounds(runners, warmup, repeats, device, times):
                 times[r.impl].append(time.perf_counter() - t0)
 
 
+def time_and_measure(alive, warmup, repeats, device, times, meter, rows):
+    """Timed rounds, then the peak memory of one more step of each runner still alive;
+    the errors of the runners that failed go into their rows."""
+    timed_rounds(alive, warmup, repeats, device, times)
+    for r in alive:
+        if r.impl in times.get('_errors', {}):
+            continue
+        try:
+            rows[r.impl]['peak_mem_mib'] = meter.measure(r.step, r.zero_grad)
+        except Exception as e:
+            rows[r.impl]['peak_mem_error'] = f'{type(e).__name__}: {e}'
+    for impl, err in times.get('_errors', {}).items():
+        rows[impl]['error'] = err
+
+
 def _guard(runner, fn, times, alive):
     try:
         fn()

@@ -70,3 +70,42 @@ def test_nan_detected_with_debug_flag():
     ResNetBackbone(depth=18).eval()(x)  # off by default: no cost, no error
     with pytest.raises(ValueError, match='NaN or Inf'):
         ResNetBackbone(depth=18, check_finite=True).eval()(x)
+
+
+# the exported blocks and make_stage check their own arguments, as the backbone does
+BAD_BLOCK_ARGS = [
+    ('Bottleneck', dict(inplanes=64, planes=64, style='tensorflow', stride=2), ValueError,
+     ["style='tensorflow'", "'pytorch', 'caffe'"]),
+    ('Bottleneck', dict(inplanes=64, planes=64, stride=0), ValueError, ['stride=0', '1 to inf']),
+    ('BasicBlock', dict(inplanes=64, planes=64, dilation=0), ValueError,
+     ['dilation=0', '1 to inf']),
+    ('Bottleneck', dict(inplanes=64, planes=16, groups=0), ValueError, ['groups=0']),
+    ('BasicBlock', dict(inplanes=64, planes=64, with_cp=1), TypeError, ['with_cp', '1']),
+    ('Bottleneck', dict(inplanes=64, planes=64, downsample='conv'), TypeError,
+     ['downsample', 'str']),
+    ('Bottleneck', dict(inplanes=64, planes=64,
+                        plugins=[dict(cfg=dict(type='WrongPlugin'), position='after_conv2')]),
+     ValueError, ["type='WrongPlugin'", 'not a registered plugin']),
+    ('make_stage', dict(block='Bottleneck', inplanes=64, planes=64, num_blocks=0), ValueError,
+     ['num_blocks=0']),
+    ('make_stage', dict(block=torch.nn.Conv2d, inplanes=64, planes=64, num_blocks=2),
+     TypeError, ['block must be a residual block class']),
+    ('ResStage', dict(blocks=(torch.nn.Identity(),)), TypeError,
+     ['residual blocks', 'Identity']),
+]
+
+
+@pytest.mark.parametrize('what,kwargs,exc,words', BAD_BLOCK_ARGS,
+                         ids=[f'{a[0]}-{sorted(a[1])[-1]}' for a in BAD_BLOCK_ARGS])
+def test_bad_block_and_stage_argument(what, kwargs, exc, words):
+    import resnet_backbone as rb
+    kwargs = dict(kwargs)
+    if kwargs.get('block') == 'Bottleneck':
+        kwargs['block'] = rb.Bottleneck
+    with pytest.raises(exc) as info:
+        if what == 'ResStage':
+            rb.ResStage(*kwargs['blocks'])
+        else:
+            getattr(rb, what)(**kwargs)
+    for w in words:
+        assert w in str(info.value), f'{w!r} missing from: {info.value}'

@@ -197,8 +197,9 @@ def prepare_cpu_distributed(cfg, launcher):
         if not dist.is_initialized():
             dist.init_process_group(backend='gloo')
         if cfg.get('model_wrapper_cfg') is None:
+            # mmengine's DDP wrapper, with SyncBN (CUDA only) turned into BN first
             cfg.model_wrapper_cfg = dict(
-                type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                type='CPUDistributedDataParallel', device_ids=None, broadcast_buffers=False,
                 find_unused_parameters=cfg.get('find_unused_parameters', False))
     return cfg
 

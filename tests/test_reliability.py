@@ -77,9 +77,10 @@ class RecordStart(Hook):
             f.write(f'{runner.epoch}\\n')
 
 
-def make_runner(work_dir, max_epochs=3, resume=False, sync_bn=False, hooks=(), safe=True):
+def make_runner(work_dir, max_epochs=3, resume=False, sync_bn=False, hooks=(), safe=True,
+                **runner_kwargs):
     # safe: SafeCheckpointsHook, as this project's configs have it (atomic saves, safe resume)
-    return Runner(
+    return Runner(**runner_kwargs,
         model=Toy(sync_bn), work_dir=work_dir, resume=resume,
         train_dataloader=dict(dataset=Data(), batch_size=2, collate_fn=dict(type='default_collate'),
                               sampler=dict(type='DefaultSampler', shuffle=True)),
@@ -571,6 +572,52 @@ def test_syncbn_run_without_process_group_warns(toy, tmp_path):
         runner.logger.removeHandler(handler)
     assert any('1 SyncBN layer(s) run as BN' in m for m in records), records
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in runner.model.modules())
+
+
+SYNCBN_GLOO_RANK = """
+import json, os, sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+import toy_runner
+dist.init_process_group('gloo')
+rank = dist.get_rank()
+runner = toy_runner.make_runner(os.path.join(sys.argv[1], 'wd'), max_epochs=1, sync_bn=True,
+                                launcher='pytorch',  # the wrapper tools/train.py uses on CPU:
+                                cfg=dict(model_wrapper_cfg=dict(
+                                    type='CPUDistributedDataParallel', device_ids=None)))
+runner.train()
+model = runner.model.module
+torch.save({n: p.detach() for n, p in model.named_parameters()},
+           os.path.join(sys.argv[1], f'params{rank}.pt'))
+with open(os.path.join(sys.argv[1], f'status{rank}.json'), 'w') as f:
+    json.dump(dict(world=dist.get_world_size(),
+                   syncbn=sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()),
+                   bn=sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                          for m in model.modules())), f)
+dist.destroy_process_group()
+"""
+
+
+def test_syncbn_in_a_two_process_gloo_group_runs_as_bn_with_a_warning(toy, tmp_path):
+    """torch's SyncBatchNorm needs CUDA (DDP refuses to wrap it on CPU). In a real 2-process
+    gloo group the model's SyncBN, kept as SyncBN at build time, is converted when the
+    model is wrapped, with a warning; the run trains and both ranks end with the same
+    parameters (DDP averages gradients)."""
+    (tmp_path / 'rank.py').write_text(SYNCBN_GLOO_RANK)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+         '--master_port', str(_free_port()), str(tmp_path / 'rank.py'), str(tmp_path)],
+        cwd=tmp_path, env=child_env(PYTHONPATH=f'{tmp_path}{os.pathsep}{ROOT}'),
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    status = [load_json(tmp_path / f'status{r}.json') for r in (0, 1)]
+    for s in status:
+        assert s['world'] == 2 and s['syncbn'] == 0 and s['bn'] == 1
+    out = proc.stdout + proc.stderr
+    # mmengine's logger prints rank 0's
+    assert "1 SyncBN layer(s) run as BN: torch's SyncBatchNorm needs CUDA" in out, out[-3000:]
+    ranks = [torch.load(tmp_path / f'params{r}.pt') for r in (0, 1)]
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]), name
 
 
 # -------------------------------------------------------------------- bad tensors (backbone)

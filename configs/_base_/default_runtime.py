@@ -4,8 +4,9 @@ custom_imports = dict(imports=['resnet_backbone', 'resnet_backbone.evaluation'],
                       allow_failed_imports=False)
 default_scope = 'mmdet'
 # before the run: atomic checkpoints, --resume only from complete files, safe loading of
-# mmengine checkpoints on torch >= 2.6 (resnet_backbone.runtime.install)
-custom_hooks = [dict(type='SafeCheckpointsHook')]
+# mmengine checkpoints on torch >= 2.6 (resnet_backbone.runtime.install); SyncBN that
+# cannot synchronise (no process group, or one on CPU) runs as BN with a warning
+custom_hooks = [dict(type='SafeCheckpointsHook'), dict(type='SyncBNFallbackHook')]
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

@@ -2,7 +2,8 @@
 
 Importing this module registers the hooks ``SafeCheckpointsHook``,
 ``DeterministicResumeHook``, ``SyncBNFallbackHook`` and ``SkippedImagesHook``
-(mmengine HOOKS) and changes nothing else. The one patch is :func:`install`,
+(mmengine HOOKS) and the model wrapper ``CPUDistributedDataParallel`` and changes
+nothing else. The one patch is :func:`install`,
 run by ``SafeCheckpointsHook`` before a run (this project's configs turn it on)
 and by this project's tools; it
 
@@ -27,7 +28,7 @@ from .hooks import (DeterministicResumeHook, SafeCheckpointsHook, SkippedImagesH
 from .safe_globals import (MMENGINE_SAFE_GLOBAL_NAMES, allow_mmengine_checkpoints,
                            mmengine_safe_globals)
 from .skipped import read_skip_log, reset_skipped_images, skipped_images
-from .syncbn import revert_syncbn
+from .syncbn import CPUDistributedDataParallel, revert_syncbn
 
 
 def install():
@@ -59,4 +60,4 @@ __all__ = ['install', 'allow_mmengine_checkpoints', 'mmengine_safe_globals',
            'SkippedImagesHook', 'reseed',
            'SafeLoadImageFromFile', 'CheckedCocoDataset', 'CorruptImageError',
            'image_bytes_problem', 'skipped_images', 'reset_skipped_images', 'read_skip_log',
-           'revert_syncbn']
+           'revert_syncbn', 'CPUDistributedDataParallel']

@@ -112,6 +112,7 @@ class SyncBNFallbackHook(Hook):
     mmengine's Runner already turns SyncBN into BN when it is not distributed,
     logging only an INFO line; this hook makes that a warning with the count,
     and converts any SyncBN still left (e.g. a model built outside the Runner).
+    (A distributed run on CPU: :class:`CPUDistributedDataParallel`.)
     """
 
     priority = 'VERY_HIGH'

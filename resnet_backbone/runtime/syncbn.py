@@ -1,4 +1,4 @@
-"""SyncBN without a process group: run it as BN, with a warning.
+"""SyncBN where it cannot synchronise: run it as BN, with a warning.
 
 SyncBN only makes sense in a distributed run. Without an initialised
 ``torch.distributed`` process group (a single-process run, a notebook, a CPU
@@ -7,12 +7,20 @@ test) :func:`revert_syncbn` turns every SyncBN module of a built model (torch's
 and statistics; ``SyncBNFallbackHook`` does it at the start of a run and warns
 about the layers mmengine's Runner reverts in the neck and heads. (Torch's
 SyncBatchNorm alone already computes plain BN outside a process group.)
+
+In a process group on CPU (gloo, ``tools/dist_train.sh`` without GPUs), torch's
+SyncBatchNorm cannot run (it needs CUDA; DDP refuses to wrap it):
+:class:`CPUDistributedDataParallel`, the wrapper ``tools/train.py`` uses there,
+converts every SyncBN to BN first, with a warning; each process then
+normalises with its own batch statistics.
 """
 import logging
 import warnings
 
 import torch
 from mmengine.logging import print_log
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 _warned = set()
@@ -64,14 +72,16 @@ def _to_bn(module):
     return bn
 
 
-def revert_syncbn(module, warn=True):
-    """``(module, n)``: each SyncBN inside replaced by :class:`BatchNormAnyD` if not distributed.
+def revert_syncbn(module, warn=True, force=False):
+    """``(module, n)``: each SyncBN inside replaced by :class:`BatchNormAnyD` if not
+    distributed (``force``: also in a process group, e.g. a CPU one, where torch's
+    SyncBatchNorm cannot run).
 
-    Parameters and buffers are shared, not copied, so optimisers built before
-    keep working. Returns the (possibly new) module and the number of layers
-    converted; warns once when ``n > 0`` and ``warn``.
+    Parameters and buffers are shared, not copied, so optimisers and DDP wrappers
+    built before keep working. Returns the (possibly new) module and the number of
+    layers converted; warns once when ``n > 0`` and ``warn``.
     """
-    if is_distributed():
+    if is_distributed() and not force:
         return module, 0
     classes = _sync_bn_classes()
     count = 0
@@ -93,3 +103,18 @@ def revert_syncbn(module, warn=True):
                    f'{count} SyncBN layer(s) converted to BN: no torch.distributed process '
                    'group is initialised, so there is nothing to synchronise with.')
     return module, count
+
+
+@MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper for CPU processes (gloo): SyncBN layers, which torch runs only
+    on CUDA, become BN (with the same parameters and statistics) first, with a warning."""
+
+    def __init__(self, module, **kwargs):
+        module, converted = revert_syncbn(module, warn=False, force=True)
+        if converted:
+            print_log(f"{converted} SyncBN layer(s) run as BN: torch's SyncBatchNorm needs "
+                      'CUDA, and this distributed run is on CPU (gloo), so each process '
+                      'normalises with its own batch statistics.', logger='current',
+                      level=logging.WARNING)
+        super().__init__(module=module, **kwargs)

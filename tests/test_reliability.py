@@ -409,7 +409,7 @@ def _tiny_demo_config(path, max_iters, ckpt_interval, backbone='dict()', **overr
 def _logged_losses(work_dir):
     """{iteration: {loss name: value}} from every run's scalars.json in work_dir."""
     out = {}
-    for stamp in sorted(os.listdir(work_dir)):
+    for stamp in sorted(os.listdir(work_dir)) if osp.isdir(work_dir) else []:
         f = osp.join(work_dir, stamp, 'vis_data', 'scalars.json')
         if osp.isfile(f):
             with open(f) as lines:
@@ -473,6 +473,97 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
     # the runtime is installed (what SafeCheckpointsHook and our tools do)
     rt.install()
     assert torch.load(str(wd / 'iter_6.pth'), map_location='cpu')['meta']['iter'] == 6
+
+
+SHIPPED_CONFIG = osp.join(ROOT, 'configs', 'mask_rcnn_r50.py')
+
+
+def _tiny_shipped_config(path, max_epochs):
+    """The shipped COCO Mask R-CNN config, its runtime (hooks, seed) and its epoch loop, data
+    loading (2 persistent workers, shuffling sampler) and pipeline with its random flip, on
+    the shapes data: only the scale, the model's size and the number of epochs are cut."""
+    lines = [
+        f'_base_ = {SHIPPED_CONFIG!r}',
+        "classes = ('circle', 'triangle', 'square')",
+        "train_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', "
+        "with_bbox=True, with_mask=True), dict(type='Resize', scale=(64, 64), keep_ratio=True), "
+        "dict(type='RandomFlip', prob=0.5), dict(type='PackDetInputs')]",
+        "train_dataloader = dict(dataset=dict(data_root='{{$SHAPES_ROOT:x}}', "
+        "ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'), "
+        "metainfo=dict(classes=classes), filter_cfg=dict(filter_empty_gt=True, min_size=0), "
+        "pipeline=train_pipeline))",
+        'val_dataloader = None', 'val_cfg = None', 'val_evaluator = None',
+        'test_dataloader = None', 'test_cfg = None', 'test_evaluator = None',
+        f'train_cfg = dict(max_epochs={max_epochs}, val_interval=100)',
+        "model = dict(backbone=dict(depth=18, base_channels=16, init_cfg=None), "
+        "neck=dict(in_channels=[16, 32, 64, 128], out_channels=32), "
+        "rpn_head=dict(in_channels=32, feat_channels=32), roi_head=dict("
+        "bbox_roi_extractor=dict(out_channels=32), bbox_head=dict(in_channels=32, "
+        "fc_out_channels=64, num_classes=3), mask_roi_extractor=dict(out_channels=32), "
+        "mask_head=dict(in_channels=32, conv_out_channels=32, num_classes=3)), "
+        "train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=50), "
+        "rcnn=dict(sampler=dict(num=32))))",
+        "default_hooks = dict(logger=dict(type='LoggerHook', interval=1))",
+        'log_processor = dict(window_size=1)',
+        'randomness = dict(seed=0, deterministic=True)',
+    ]
+    path.write_text('\n'.join(lines) + '\n')
+    return str(path)
+
+
+@needs_train_script
+def test_epoch_config_with_persistent_workers_resumes_from_an_epoch_boundary(tmp_path):
+    """The shipped epoch-based config (2 persistent workers, RandomFlip): killed with SIGKILL
+    in the middle of epoch 2 and resumed, mmengine restarts epoch 2 from epoch_1.pth; every
+    iteration from there logs the losses of a run that was never interrupted."""
+    from mmengine.config import Config
+    root = _demo_data(tmp_path / 'shapes')
+    cfg = _tiny_shipped_config(tmp_path / 'cfg.py', max_epochs=3)
+    shipped = Config.fromfile(cfg)
+    loader = shipped.train_dataloader
+    assert (loader.num_workers, loader.persistent_workers) == (2, True)
+    assert shipped.train_cfg.type == 'EpochBasedTrainLoop'
+    assert 'DeterministicResumeHook' in [h['type'] for h in shipped.custom_hooks]
+    env = dict(SHAPES_ROOT=root)
+    full = _train(cfg, tmp_path / 'full', **env)
+    assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
+    reference = _logged_losses(tmp_path / 'full')
+    per_epoch = len(reference) // 3
+    assert sorted(reference) == list(range(1, 3 * per_epoch + 1)) and per_epoch >= 2
+
+    wd = tmp_path / 'killed'
+    proc = subprocess.Popen([sys.executable, TRAIN, cfg, '--work-dir', str(wd)], cwd=ROOT,
+                            env=child_env(**env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while per_epoch + 1 not in _logged_losses(wd):  # an iteration of epoch 2 is done
+        assert proc.poll() is None, 'training ended before it could be killed'
+        assert time.time() < deadline, 'epoch 2 did not start within the time limit'
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert rt.find_latest_checkpoint(str(wd)).endswith('epoch_1.pth')
+
+    resumed = _train(cfg, wd, '--resume', **env)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-4000:]
+    assert f'resumed epoch: 1, iter: {per_epoch}' in out
+    last_run = sorted(d for d in os.listdir(wd) if osp.isdir(wd / d))[-1]
+    after = _logged_losses_in(wd / last_run)
+    assert sorted(after) == list(range(per_epoch + 1, 3 * per_epoch + 1))
+    for step, losses in after.items():
+        assert losses == reference[step], (step, losses, reference[step])
+
+
+def _logged_losses_in(run_dir):
+    out = {}
+    with open(osp.join(run_dir, 'vis_data', 'scalars.json')) as lines:
+        for line in lines:
+            rec = json.loads(line)
+            if 'loss' in rec:
+                out[rec['step']] = {k: v for k, v in rec.items() if k.startswith('loss')}
+    return out
 
 
 # ------------------------------------------------------------------------ distributed (CPU)

@@ -4,9 +4,14 @@ custom_imports = dict(imports=['resnet_backbone', 'resnet_backbone.evaluation'],
                       allow_failed_imports=False)
 default_scope = 'mmdet'
 # before the run: atomic checkpoints, --resume only from complete files, safe loading of
-# mmengine checkpoints on torch >= 2.6 (resnet_backbone.runtime.install); SyncBN that
-# cannot synchronise (no process group, or one on CPU) runs as BN with a warning
-custom_hooks = [dict(type='SafeCheckpointsHook'), dict(type='SyncBNFallbackHook')]
+# mmengine checkpoints on torch >= 2.6 (resnet_backbone.runtime.install); a resumed run
+# draws the random numbers of an uninterrupted one (main process and dataloader
+# workers); SyncBN that cannot synchronise runs as BN with a warning
+custom_hooks = [dict(type='SafeCheckpointsHook'), dict(type='DeterministicResumeHook'),
+                dict(type='SyncBNFallbackHook')]
+# a fixed seed; add deterministic=True for bitwise-equal losses after a resume (CPU; on
+# CUDA, cuDNN and atomic-add kernels are not bitwise repeatable)
+randomness = dict(seed=0)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

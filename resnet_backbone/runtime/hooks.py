@@ -67,25 +67,56 @@ class SafeCheckpointsHook(Hook):
         install()
 
 
+_SEEDED_CLASSES = {}
+
+
+def _seeded_class(cls):
+    """``cls`` with ``__getitem__`` reseeding python, numpy and torch from
+    ``(run key, epoch, index)`` first: a sample's random augmentation is the same
+    whichever worker draws it, and whether its epoch was reached by training or by a
+    resume. The epoch comes from a shared-memory tensor the hook updates."""
+    if cls not in _SEEDED_CLASSES:
+        def __getitem__(self, idx):
+            key, epoch = self._sample_seed
+            reseed(*key, int(epoch), int(idx))
+            return cls.__getitem__(self, idx)
+
+        def __reduce_ex__(self, protocol):  # picklable for spawned workers
+            return _seeded_instance, (cls, self.__dict__)
+        _SEEDED_CLASSES[cls] = type(f'Seeded{cls.__name__}', (cls, ),
+                                    {'__getitem__': __getitem__, '__reduce_ex__': __reduce_ex__})
+    return _SEEDED_CLASSES[cls]
+
+
+def _seeded_instance(cls, state):
+    obj = cls.__new__(_seeded_class(cls))
+    obj.__dict__.update(state)
+    return obj
+
+
 @HOOKS.register_module()
 class DeterministicResumeHook(Hook):
     """Make a resumed run draw the same random numbers as an uninterrupted one.
 
     mmengine restores weights, optimizer, schedulers and the message hub on
     resume, but not the random generators: a resumed run restarts them from
-    the seed, so random augmentation and RoI sampling differ from the run
-    that was not interrupted. This hook reseeds python, numpy and torch from
-    ``(seed, rank, position)`` at each point a resume can continue from:
+    the seed, and dataloader workers (persistent ones above all) restart from
+    theirs, so random augmentation and RoI sampling differ from the run that
+    was not interrupted. This hook reseeds from ``(seed, rank, position)``:
 
-    * epoch-based loops: at the start of every epoch (checkpoints are taken
-      at epoch ends);
+    * epoch-based loops: python, numpy and torch before every iteration from
+      ``(epoch, batch index)`` (checkpoints are taken at epoch ends), and, in the
+      dataset (so in every dataloader worker), before every sample from
+      ``(epoch, sample index)``;
     * iteration-based loops: before fetching every batch, so batch ``i`` and
       everything after it see the same state whether the loop got there by
       training or by the ``Advance dataloader`` skip of a resume.
 
-    With ``randomness=dict(seed=..., deterministic=True)`` and the same
-    number of processes, losses after a resume equal those of an
-    uninterrupted run. It runs last (priority LOWEST) in ``before_train_epoch``.
+    With ``randomness=dict(seed=..., deterministic=True)``, the same number of
+    processes and of workers or not, the losses after a resume from an epoch
+    checkpoint equal those of an uninterrupted run (mmengine's epoch loop
+    restarts an interrupted epoch from its beginning). It runs last (priority
+    LOWEST) in ``before_train_epoch``.
     """
 
     priority = 'LOWEST'
@@ -101,8 +132,20 @@ class DeterministicResumeHook(Hook):
             if not isinstance(loop.dataloader_iterator, _SeededIterator):
                 loop.dataloader_iterator = _SeededIterator(loop.dataloader_iterator,
                                                            self._key(runner, 1))
-        else:
-            reseed(*self._key(runner, 0, runner.epoch))
+            return
+        reseed(*self._key(runner, 0, runner.epoch))
+        dataset = loop.dataloader.dataset
+        if not hasattr(dataset, '_sample_seed'):  # before the workers start (or restart)
+            dataset._sample_seed = (self._key(runner, 2),
+                                    torch.zeros((), dtype=torch.long).share_memory_())
+            dataset.__class__ = _seeded_class(type(dataset))
+        dataset._sample_seed[1].fill_(runner.epoch)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        # epoch loops: the main process again, once its batch is fetched (a fresh dataloader
+        # iterator, as after a resume, draws a worker base seed from torch's generator)
+        if not hasattr(runner.train_loop, 'dataloader_iterator'):
+            reseed(*self._key(runner, 3, runner.epoch, batch_idx))
 
 
 @HOOKS.register_module()

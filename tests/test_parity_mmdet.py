@@ -11,11 +11,21 @@ SETTINGS = {'cpu-kernels': (True, True), 'plain': (False, True), 'plain-no-fold'
 
 @pytest.fixture(params=list(SETTINGS))
 def setting(request):
+    yield from _apply(request)
+
+
+@pytest.fixture(params=['cpu-kernels', 'plain'])
+def kernels(request):
+    yield from _apply(request)
+
+
+def _apply(request):
     kernels, fold = SETTINGS[request.param]
     previous = set_cpu_kernels(kernels), set_fold_bn(fold)
     yield request.param
     set_cpu_kernels(previous[0])
     set_fold_bn(previous[1])
+
 
 TOL = 1e-5
 
@@ -75,7 +85,7 @@ def test_parity_grid(name, setting):
 
 
 @pytest.mark.parametrize('frozen_stages,norm_eval', FROZEN)
-def test_parity_frozen_and_norm_eval(frozen_stages, norm_eval, setting):
+def test_parity_frozen_and_norm_eval(frozen_stages, norm_eval, kernels):
     _check(cfg(50, frozen_stages=frozen_stages, norm_eval=norm_eval), torch.randn(*X))
 
 

@@ -39,6 +39,12 @@ def _float32(value):
     return torch.tensor(value, dtype=torch.float32).item()
 
 
+def _compute(t):
+    """``t`` in the dtype the kernels run in: half and bfloat16 (AMP) in float32, since
+    torchvision's backward kernels take neither bfloat16 nor, on CPU, half."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 # ------------------------------------------------------------------ RoIAlign
 def roi_align_forward(input, rois, output, argmax_y, argmax_x, aligned_height, aligned_width,
                       spatial_scale, sampling_ratio, pool_mode, aligned):
@@ -48,6 +54,7 @@ def roi_align_forward(input, rois, output, argmax_y, argmax_x, aligned_height, a
             "roi_align with pool_mode='max' has no torchvision kernel; the stand-in for mmcv's "
             "compiled ops provides pool_mode='avg' (every MMDetection RoI extractor uses it). "
             + COMPILED_OPS_HINT)
+    input = _compute(input)
     out = _tv.roi_align(input, rois.to(input.dtype), spatial_scale, aligned_height,
                         aligned_width, sampling_ratio, aligned)
     output.copy_(out)
@@ -59,6 +66,7 @@ def roi_align_backward(grad_output, rois, argmax_y, argmax_x, grad_input, aligne
     if pool_mode != 1:
         raise MissingKernelError("roi_align backward with pool_mode='max': see roi_align_forward")
     n, c, h, w = grad_input.shape
+    grad_output = _compute(grad_output)
     grad = _tv._roi_align_backward(grad_output, rois.to(grad_output.dtype), spatial_scale,
                                    aligned_height, aligned_width,
                                    n, c, h, w, sampling_ratio, aligned)
@@ -79,12 +87,12 @@ def nms(boxes, scores, iou_threshold, offset):
     if offset not in (0, 1):
         raise ValueError(f'nms offset must be 0 or 1, got {offset!r}')
     order = scores.sort(0, descending=True)[1]
-    boxes = boxes.index_select(0, order)
+    boxes = _compute(boxes).index_select(0, order)
     threshold = _float32(iou_threshold)
     if offset == 0:
-        keep = _tv.nms(boxes, scores.index_select(0, order), threshold)
-    else:
-        keep = _nms_sorted(boxes, threshold, offset)
+        keep = _tv.nms(boxes, _compute(scores).index_select(0, order), threshold)
+    else:  # the greedy loop on the CPU: on a GPU each step would wait for the device
+        keep = _nms_sorted(boxes.cpu(), threshold, offset).to(boxes.device)
     return order.index_select(0, keep)
 
 
@@ -120,6 +128,7 @@ def _deform_forward(input, weight, offset, mask, bias, stride, padding, dilation
                     deform_groups):
     use_mask = mask is not None
     mask, bias = _mask_and_bias(input, weight, mask, bias)
+    input, weight, offset, mask, bias = map(_compute, (input, weight, offset, mask, bias))
     return _tv.deform_conv2d(input, weight, offset, mask, bias, *stride, *padding, *dilation,
                              groups, deform_groups, use_mask)
 
@@ -129,9 +138,9 @@ def _deform_backward(grad_output, input, weight, offset, mask, bias, stride, pad
     """(grad_input, grad_weight, grad_offset, grad_mask, grad_bias) from torchvision."""
     use_mask = mask is not None
     mask, bias = _mask_and_bias(input, weight, mask, bias)
-    return _tv._deform_conv2d_backward(grad_output, input, weight, offset, mask, bias,
-                                       *stride, *padding, *dilation, groups, deform_groups,
-                                       use_mask)
+    tensors = map(_compute, (grad_output, input, weight, offset, mask, bias))
+    return _tv._deform_conv2d_backward(*tensors, *stride, *padding, *dilation, groups,
+                                       deform_groups, use_mask)
 
 
 # mmcv's DCNv1 backward asks for the input/offset gradients and the weight gradient

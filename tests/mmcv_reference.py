@@ -110,12 +110,12 @@ def in_layout(feats, layout):
 LAYOUTS = ('channels_last', 'strided-view')
 
 
-def run_roi_align(case, layout=None):
+def run_roi_align(case, layout=None, grad=None):
     from mmcv.ops import roi_align
     leaf = case['input'].clone().requires_grad_(True)
     out = roi_align(in_layout(leaf, layout), case['rois'], case['output_size'],
                     case['spatial_scale'], case['sampling_ratio'], 'avg', case['aligned'])
-    out.backward(pattern(out.shape))
+    out.backward(pattern(out.shape) if grad is None else grad)
     return out.detach(), leaf.grad
 
 

@@ -172,6 +172,44 @@ def test_roi_align_runs_in_process_too():
     assert grad.shape == case['input'].shape and grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_amp_dtypes_run_in_float32(dtype):
+    """Under AMP, mmcv's wrappers hand the kernels bfloat16/half maps, RoIs, gradients and
+    boxes; torchvision's backward kernels take neither bfloat16 nor, on CPU, half. The
+    stand-in computes in float32 and rounds the results to the caller's dtype."""
+    from mmcv.ops import deform_conv2d, nms
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 3, 12, 14, generator=g).to(dtype)
+    rois = torch.tensor([[0, 1.5, 2.0, 30.0, 25.0], [1, 0.0, 4.0, 50.0, 40.0]]).to(dtype)
+    grad_out = torch.randn(2, 3, 7, 7, generator=g).to(dtype)
+    case = dict(output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
+    with standin_kernels():
+        low = run_roi_align(dict(case, input=feat, rois=rois), grad=grad_out)
+        full = run_roi_align(dict(case, input=feat.float(), rois=rois.float()),
+                             grad=grad_out.float())
+    for got, expected in zip(low, full):
+        assert got.dtype == dtype and torch.equal(got, expected.to(dtype))
+
+    x, offset = torch.randn(1, 4, 7, 7, generator=g), torch.randn(1, 18, 7, 7, generator=g)
+    weight = torch.randn(3, 4, 3, 3, generator=g)
+    results = []
+    for dt in (dtype, torch.float32):
+        leaves = [t.to(dtype).to(dt).requires_grad_(True) for t in (x, offset, weight)]
+        with standin_kernels():
+            out = deform_conv2d(*leaves, 1, 1)
+            out.backward(torch.ones_like(out))
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for got, expected in zip(*results):
+        assert got.dtype == dtype and torch.equal(got, expected.to(dtype))
+
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    with standin_kernels():
+        for offset_ in (0, 1):
+            _, keep = nms(boxes.to(dtype), scores.to(dtype), 0.5, offset=offset_)
+            assert keep.tolist() == [0, 2]
+
+
 # ----------------------------------------------------------------------- NMS
 def test_nms_keeps_the_same_boxes_in_the_same_order(replayed):
     reference, standin = replayed['nms']

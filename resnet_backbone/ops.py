@@ -38,8 +38,19 @@ def set_fold_bn(flag):
     return previous
 
 
+def _hooked(*modules):
+    """Whether calling the modules runs hooks (pruning, feature taps) that a fused call
+    would skip."""
+    from torch.nn.modules import module
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks) or any(
+        m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def conv_norm(x, conv, norm, relu=False, add=None):
-    """``relu(norm(conv(x)) + add)``, each part where asked; the norm folded where it can be."""
+    """``relu(norm(conv(x)) + add)``, each part where asked; the norm folded where it can be
+    (modules with forward hooks are called as they are)."""
+    if _hooked(conv, norm):
+        return add_relu(norm(conv(x)), relu, add)
     params = fold_conv_bn(conv, norm) if _fold_bn else None
     if cpu.enabled():
         out = cpu_conv.conv_norm(x, conv, norm, params, relu, add)

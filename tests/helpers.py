@@ -4,6 +4,25 @@ import json
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten/mkldnn ops a block of code runs, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+    def count(self, fragment):
+        return sum(fragment in op for op in self.ops)
+
+    def exactly(self, *names):
+        return sum(op in names for op in self.ops)
 
 
 @torch.no_grad()

@@ -7,33 +7,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import paired, randomize
+from helpers import OpCounter, paired, randomize
 from resnet_backbone import ResNetBackbone, cpu, set_cpu_kernels
 from resnet_backbone.cpu.conv import conv2d, uses_gemm_weight_grad, weight_grad
 from resnet_backbone.cpu.layout import CHUNK, _transposed_copy, fill_with_zero_border, to_nchw
 
 CL = torch.channels_last
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten/mkldnn ops a block of code runs, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-    def count(self, fragment):
-        return sum(fragment in op for op in self.ops)
-
-    def exactly(self, *names):
-        return sum(op in names for op in self.ops)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from helpers import max_diff, paired, randomize
+from helpers import OpCounter, max_diff, paired, randomize
 from resnet_backbone import ResNetBackbone
 from resnet_backbone.ops import conv_norm
 
@@ -18,22 +18,39 @@ def rel_diff(outs, refs):
 def test_eval_bn_is_folded_into_conv():
     """No BatchNorm runs in eval mode: every BN is folded into its conv."""
     model = randomize(ResNetBackbone(depth=50, base_channels=16)).eval()
-    called = []
-    for m in model.modules():
-        if isinstance(m, _BatchNorm):
-            m.register_forward_hook(lambda *a: called.append(1))
-    model(torch.randn(1, 3, 64, 64))
-    assert not called
+    with OpCounter() as ops:
+        model(torch.randn(1, 3, 64, 64))
+    assert ops.count('conv') >= 53 and not ops.count('norm')
+
+
+def test_modules_with_hooks_are_called_as_they_are():
+    """A forward hook (a feature tap) or pre-hook (one that edits the input or weight, as
+    pruning does) on a conv or BN runs: that conv and BN are not fused; the rest still is."""
+    model = randomize(ResNetBackbone(depth=18, base_channels=16)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    taps = []
+    model.layer2[0].bn1.register_forward_hook(lambda m, i, o: taps.append(o))
+    model.layer3[1].conv2.register_forward_pre_hook(lambda m, args: (args[0] * 0.5, ))
+    with OpCounter() as ops:
+        outs = model(x)
+    assert len(taps) == 1 and ops.count('norm') == 2
+    from resnet_backbone import set_cpu_kernels, set_fold_bn
+    previous = set_cpu_kernels(False), set_fold_bn(False)
+    try:
+        plain = model(x)
+    finally:
+        set_cpu_kernels(previous[0])
+        set_fold_bn(previous[1])
+    assert torch.allclose(taps[0], taps[1], rtol=1e-5, atol=1e-5 * taps[1].abs().max().item())
+    assert rel_diff(outs, plain) < 1e-5
 
 
 def test_frozen_stages_store_no_activations_and_skip_bn():
     model = randomize(ResNetBackbone(depth=18, frozen_stages=1, norm_eval=False)).train()
-    bn_calls = []
-    for name, m in model.named_modules():
-        if isinstance(m, _BatchNorm):
-            m.register_forward_hook(lambda mod, i, o, n=name: bn_calls.append(n))
-    out = model(torch.randn(2, 3, 64, 64))
-    assert bn_calls and not any(n.startswith(('bn1', 'layer1.')) for n in bn_calls)
+    with OpCounter() as ops:
+        out = model(torch.randn(2, 3, 64, 64))
+    # 20 BNs: the stem's and layer1's 5 are folded, the other 15 use batch statistics
+    assert ops.exactly('aten.native_batch_norm') == 15
     stem_and_c2 = model.layer1(model.maxpool(torch.relu(model.bn1(model.conv1(
         torch.randn(1, 3, 32, 32))))))
     assert stem_and_c2.grad_fn is None  # frozen part records no graph
@@ -47,25 +64,24 @@ def test_training_folds_every_running_statistics_bn():
     cfg = dict(type='ResNet', depth=50, base_channels=16, frozen_stages=1, norm_eval=True)
     ref, ours = paired(cfg)
     ref, ours = ref.double(), ours.double()
-    called = set()
-    for name, m in ours.named_modules():
-        if isinstance(m, _BatchNorm):
-            m.register_forward_hook(lambda *a, n=name: called.add(n))
     x = torch.randn(2, 3, 96, 64, dtype=torch.float64)
-    for m in (ref, ours):
-        m.train()
-        sum((o * o).mean() for o in m(x)).backward()
-    assert not called
+    ref.train()
+    sum((o * o).mean() for o in ref(x)).backward()
+    with OpCounter() as ops:
+        sum((o * o).mean() for o in ours.train()(x)).backward()
+    assert ops.count('conv') >= 53 and not ops.count('norm')
     grads = dict(ours.named_parameters())
     for name, p in ref.named_parameters():
         if p.grad is not None:
             assert torch.allclose(grads[name].grad, p.grad, rtol=1e-7, atol=1e-9), name
     previous = set_fold_bn(False)
     try:
-        ours(x)
+        with OpCounter() as ops:
+            ours(x)
     finally:
         set_fold_bn(previous)
-    assert len(called) == sum(isinstance(m, _BatchNorm) for m in ours.modules())
+    assert ops.exactly('aten.native_batch_norm', 'aten._native_batch_norm_legit_no_training') \
+        == sum(isinstance(m, _BatchNorm) for m in ours.modules())
 
 
 @pytest.mark.parametrize('deep_stem', [False, True])

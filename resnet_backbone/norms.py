@@ -53,8 +53,14 @@ def build_norm(norm_cfg, num_features, postfix=''):
     ``type='MMSyncBN'`` is built as torch's ``'SyncBN'`` where mmcv has no compiled
     ops (its kernels are not in the torchvision stand-in; same parameters and
     statistics). Torch's SyncBatchNorm computes plain BN outside a process group.
+    ``type='FrozenBN'`` is always this module's class: under the ``mmdet`` scope the
+    registry would give MMDetection's own ``FrozenBN`` (same keys and numbers, but not
+    folded into its conv).
     """
-    return build_norm_layer(mmsyncbn_as_syncbn(norm_cfg), num_features, postfix=postfix)
+    norm_cfg = mmsyncbn_as_syncbn(norm_cfg)
+    if isinstance(norm_cfg, dict) and norm_cfg.get('type') == 'FrozenBN':
+        norm_cfg = dict(norm_cfg, type=FrozenBatchNorm2d)
+    return build_norm_layer(norm_cfg, num_features, postfix=postfix)
 
 
 def mmsyncbn_as_syncbn(norm_cfg):

@@ -110,3 +110,36 @@ def test_ddp_two_processes_frozen_stages(tmp_path):
     a = torch.load(tmp_path / 'rank0.pt')
     b = torch.load(tmp_path / 'rank1.pt')
     assert torch.equal(a, b), 'ranks diverged: gradients were not all-reduced'
+
+
+def test_frozen_bn_norm_cfg_builds_our_frozen_bn_under_the_mmdet_scope():
+    """``norm_cfg=dict(type='FrozenBN')`` in an MMDetection config (default scope mmdet,
+    where mmdet registers a FrozenBN of its own): our FrozenBN, which the BN fold knows,
+    with mmdet's keys and numbers."""
+    from helpers import mmdet_backbone, ours_from_mmdet_cfg
+    from mmengine.registry import DefaultScope
+
+    from resnet_backbone.functional import fold_conv_bn
+    from resnet_backbone.norms import FrozenBatchNorm2d
+    cfg = dict(type='ResNet', depth=18, norm_cfg=dict(type='FrozenBN'), frozen_stages=-1,
+               out_indices=(0, 1, 2, 3))
+    ref = randomize(mmdet_backbone(cfg))
+    assert DefaultScope.get_current_instance().scope_name == 'mmdet'
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, buf in ref.named_buffers():
+            if name.endswith(('weight', 'bias', 'running_mean')):
+                buf.copy_(0.1 * torch.randn(buf.shape, generator=g) + name.endswith('weight'))
+            elif name.endswith('running_var'):
+                buf.copy_(0.5 + torch.rand(buf.shape, generator=g))
+    ours = ours_from_mmdet_cfg(cfg)
+    norms = [m for n, m in ours.named_modules() if n.rsplit('.', 1)[-1].startswith('bn')
+             or n.endswith('downsample.1')]
+    assert len(norms) == 20 and all(type(m) is FrozenBatchNorm2d for m in norms)
+    assert fold_conv_bn(ours.conv1, ours.bn1) is not None
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64, generator=g)
+    ref.eval()  # mmdet's returns None
+    with torch.no_grad():
+        for a, b in zip(ref(x), ours.eval()(x)):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * a.abs().max().item())

@@ -36,7 +36,7 @@ def check_plugins(plugins, num_stages=None):
             raise ValueError(f"each plugin needs 'cfg' and 'position' keys, got {p!r}")
         check_choice('plugins position', p['position'], PLUGIN_POSITIONS)
         kind = p['cfg'].get('type') if isinstance(p['cfg'], dict) else None
-        if kind is None or (isinstance(kind, str) and MODELS.get(kind) is None):
+        if kind is None or (isinstance(kind, str) and not _is_registered(kind)):
             raise ValueError(f'plugins cfg type={kind!r} is not a registered plugin; use a '
                              "type from mmcv or MMDetection, e.g. 'ContextBlock', "
                              "'GeneralizedAttention', 'NonLocal2d'")
@@ -44,6 +44,13 @@ def check_plugins(plugins, num_stages=None):
         if num_stages is not None and stages is not None and len(stages) != num_stages:
             raise ValueError(f'plugins stages={tuple(stages)!r} has {len(stages)} entries; '
                              f'it needs num_stages={num_stages}')
+
+
+def _is_registered(kind):
+    """Whether mmcv's ``build_plugin_layer`` finds ``kind`` (in the default scope's registry,
+    e.g. MMDetection's, and its parents)."""
+    with MODELS.switch_scope_and_registry(None) as registry:
+        return registry.get(kind) is not None
 
 
 class ResidualBlock(BaseModule):
@@ -117,9 +124,13 @@ class ResidualBlock(BaseModule):
         return x
 
     def shortcut(self, x):
-        if self.downsample is None:
+        """``downsample(x)``; MMDetection's (pool,) conv, norm Sequential through the seam."""
+        d = self.downsample
+        if d is None:
             return x
-        *pool, conv, norm = self.downsample
+        if not (isinstance(d, nn.Sequential) and len(d) >= 2 and isinstance(d[-2], nn.Conv2d)):
+            return d(x)
+        *pool, conv, norm = d
         for p in pool:
             x = p(x)
         return ops.conv_norm(x, conv, norm)

@@ -166,3 +166,35 @@ PLUGINS = {
 @pytest.mark.parametrize('name', list(PLUGINS))
 def test_plugins_parity_with_mmdet(name):
     _parity(dict(type='ResNet', depth=50, frozen_stages=1, plugins=PLUGINS[name]))
+
+
+def test_a_plugin_registered_in_mmdetection_only():
+    """mmcv builds plugins from the default scope's registry (mmdet in MMDetection configs):
+    a type only MMDetection registers (DropBlock) is accepted, as mmcv would build it."""
+    from helpers import mmdet_backbone, ours_from_mmdet_cfg
+    from mmdet.models.layers import DropBlock
+    cfg = dict(type='ResNet', depth=50, base_channels=16, plugins=[dict(
+        cfg=dict(type='DropBlock', drop_prob=0.1, block_size=3), position='after_conv2',
+        stages=(False, False, True, True))])
+    ref = randomize(mmdet_backbone(cfg))
+    ours = ours_from_mmdet_cfg(cfg)
+    assert sum(isinstance(m, DropBlock) for m in ours.modules()) == 9
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ref.eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert max_diff(ref(x), ours.eval()(x)) < 1e-4
+
+
+@pytest.mark.parametrize('downsample', [torch.nn.Identity(), torch.nn.Sequential(
+    torch.nn.Identity()), torch.nn.Conv2d(16, 16, 1)], ids=['module', 'sequential', 'conv'])
+def test_any_downsample_module_is_called(downsample):
+    """A block's ``downsample`` may be any module, as in MMDetection: it is called."""
+    from resnet_backbone import Bottleneck
+    torch.manual_seed(0)
+    block = randomize(Bottleneck(16, 4, downsample=downsample)).eval()
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        out = block(x)
+        expected = torch.relu(block.bn3(block.conv3(torch.relu(block.bn2(block.conv2(
+            torch.relu(block.bn1(block.conv1(x)))))))) + downsample(x))
+    assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ and ``CheckpointHook`` then rewrites ``<work_dir>/last_checkpoint`` in place.
 A kill (or power loss) in the middle leaves a truncated ``.pth`` or an empty
 ``last_checkpoint``; the next ``--resume`` then crashes or loads garbage.
 
-:func:`install_atomic_checkpoints` (run by ``import resnet_backbone.runtime``)
+:func:`install_atomic_checkpoints` (run by ``resnet_backbone.runtime.install()``)
 changes two names in ``mmengine.runner.runner``, the module whose ``Runner``
 saves and resumes:
 
@@ -16,7 +16,8 @@ saves and resumes:
   Remote back ends (``s3://``, ``petrel://``...) keep mmengine's writer.
 * ``find_latest_checkpoint``: the ``--resume`` lookup. It accepts what
   ``last_checkpoint`` names only if that file is complete (a valid zip with
-  matching CRCs; torch saves zips), prefers a complete ``epoch_N``/``iter_N``
+  matching CRCs, as torch saves; an old-format pickle only if it loads),
+  prefers a complete ``epoch_N``/``iter_N``
   file with a larger N in the same folder (a kill between writing the
   checkpoint and the pointer), and otherwise falls back to the newest
   complete one, logging a warning that names what was skipped.
@@ -50,6 +51,13 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _new_file_mode():
+    """The mode ``open(path, 'w')`` gives a new file: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path, write):
     """Call ``write(file)`` on a temporary file, then move it to ``path`` atomically.
 
@@ -62,6 +70,7 @@ def atomic_write(path, write):
     fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.{os.getpid()}.',
                                suffix=TMP_SUFFIX, dir=folder)
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, 'wb') as f:
             write(f)
             f.flush()

@@ -232,12 +232,3 @@ def select_device(device):
         raise SystemExit('--device cuda: torch sees no CUDA device here '
                          '(torch.cuda.is_available() is False); use --device cpu or auto')
     return 'cpu'
-
-
-def repo_root():
-    return osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def ensure_local_rank(local_rank):
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(local_rank)

@@ -13,11 +13,6 @@ def is_channels_last(x):
         and not x.is_contiguous()
 
 
-def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
-    """Length of a conv's (or floor-mode pool's) output along one axis."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def add_relu(out, relu=True, add=None):
     """``out + add`` (in place, as MMDetection's blocks), then ReLU where asked."""
     if add is not None:

@@ -10,7 +10,7 @@ environment variable ``RESNET_BACKBONE_CPU_KERNELS=0``. Off, the network runs
 its plain PyTorch code in NCHW on every device.
 
 Each route also has a name in :data:`PATHS`; :func:`paths_disabled` turns
-single routes off, for the A/B benchmarks (``tools/benchmark/ab.py``) that
+single routes off, for the A/B benchmarks (``tools/bench/ab.py``) that
 decide which routes earn their place (docs/benchmarks.md).
 """
 import contextlib

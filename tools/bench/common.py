@@ -1,5 +1,6 @@
 """Constants, cached imports and small helpers shared by the benchmark's modules."""
 import contextlib
+import importlib
 import os
 
 os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # the memory profiler's startup chatter
@@ -30,25 +31,22 @@ def _once(key, fn):
     return _CACHE[key]
 
 
-def mmdet_resnet():
-    """(MMDetection ResNet class or None, how it was loaded or why not)."""
+def _import_class(module, name, what):
+    """(the class or None, its dotted name or why it could not be imported)."""
     def load():
         try:
-            from mmdet.models.backbones import ResNet
-            return ResNet, 'mmdet.models.backbones.ResNet'
+            return getattr(importlib.import_module(module), name), f'{module}.{name}'
         except Exception as e:
-            return None, f'MMDetection ResNet unavailable ({type(e).__name__}: {e})'
-    return _once('mmdet_resnet', load)
+            return None, f'{what} unavailable ({type(e).__name__}: {e})'
+    return _once(f'{module}.{name}', load)
+
+
+def mmdet_resnet():
+    return _import_class('mmdet.models.backbones', 'ResNet', 'MMDetection ResNet')
 
 
 def ours_class():
-    def load():
-        try:
-            from resnet_backbone import ResNetBackbone
-            return ResNetBackbone, 'resnet_backbone.ResNetBackbone'
-        except Exception as e:
-            return None, f'resnet_backbone unavailable ({type(e).__name__}: {e})'
-    return _once('ours', load)
+    return _import_class('resnet_backbone', 'ResNetBackbone', 'resnet_backbone')
 
 
 def mmcv_ops_status():

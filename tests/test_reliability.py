@@ -276,6 +276,20 @@ def test_kill_during_checkpoint_write(toy, tmp_path, writer):
     assert not [f for f in os.listdir(wd) if f.endswith('.tmp')]  # stale temporaries removed
 
 
+def test_atomic_checkpoints_get_the_mode_of_a_plainly_written_file(tmp_path):
+    """Not the 0600 of the temporary file: others on a shared machine can read them."""
+    for umask in (0o022, 0o077):
+        old = os.umask(umask)
+        try:
+            rt.atomic_write(str(tmp_path / f'{umask:o}.pth'), lambda f: f.write(b'x'))
+            with open(tmp_path / f'{umask:o}.plain', 'wb') as f:
+                f.write(b'x')
+        finally:
+            os.umask(old)
+        mode = os.stat(tmp_path / f'{umask:o}.pth').st_mode & 0o777
+        assert mode == os.stat(tmp_path / f'{umask:o}.plain').st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_resume_skips_partial_and_dangling_files(toy, tmp_path):
     wd = tmp_path / 'wd'
     toy.make_runner(str(wd), max_epochs=2).train()
@@ -410,15 +424,36 @@ def _logged_losses(work_dir):
     """{iteration: {loss name: value}} from every run's scalars.json in work_dir."""
     out = {}
     for stamp in sorted(os.listdir(work_dir)) if osp.isdir(work_dir) else []:
-        f = osp.join(work_dir, stamp, 'vis_data', 'scalars.json')
-        if osp.isfile(f):
-            with open(f) as lines:
-                for line in lines:
-                    rec = json.loads(line)
-                    if 'loss' in rec:
-                        out[rec['step']] = {k: v for k, v in rec.items()
-                                            if k.startswith('loss')}
+        out.update(_logged_losses_in(osp.join(work_dir, stamp)))
     return out
+
+
+def _logged_losses_in(run_dir):
+    """{iteration: {loss name: value}} from one run's scalars.json (none yet: {})."""
+    out = {}
+    f = osp.join(run_dir, 'vis_data', 'scalars.json')
+    if osp.isfile(f):
+        with open(f) as lines:
+            for line in lines:
+                rec = json.loads(line)
+                if 'loss' in rec:
+                    out[rec['step']] = {k: v for k, v in rec.items() if k.startswith('loss')}
+    return out
+
+
+def _train_then_kill(cfg, work_dir, env, ready, what, timeout=240):
+    """Start tools/train.py and SIGKILL its process group as soon as ``ready()`` holds."""
+    proc = subprocess.Popen([sys.executable, TRAIN, cfg, '--work-dir', str(work_dir)],
+                            cwd=ROOT, env=child_env(**env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, 'training ended before it could be killed'
+        assert time.time() < deadline, f'{what} within {timeout} s'
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def _train(cfg, work_dir, *extra, timeout=300, **env):
@@ -445,18 +480,9 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
     assert sorted(reference) == list(range(1, 7))
 
     wd = tmp_path / 'killed'
-    proc = subprocess.Popen([sys.executable, TRAIN, cfg, '--work-dir', str(wd)], cwd=ROOT,
-                            env=child_env(**env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     pointer = wd / 'last_checkpoint'
-    deadline = time.time() + 240
-    while not (pointer.exists() and pointer.read_text().strip().endswith('iter_2.pth')):
-        assert proc.poll() is None, 'training ended before it could be killed'
-        assert time.time() < deadline, 'no checkpoint within the time limit'
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL
+    _train_then_kill(cfg, wd, env, lambda: pointer.exists() and
+                     pointer.read_text().strip().endswith('iter_2.pth'), 'no checkpoint')
     last = rt.find_latest_checkpoint(str(wd))
     resumed_at = int(osp.basename(last)[len('iter_'):-len('.pth')])
     assert 2 <= resumed_at < 6 and not (wd / 'iter_6.pth').exists()
@@ -531,18 +557,9 @@ def test_epoch_config_with_persistent_workers_resumes_from_an_epoch_boundary(tmp
     per_epoch = len(reference) // 3
     assert sorted(reference) == list(range(1, 3 * per_epoch + 1)) and per_epoch >= 2
 
-    wd = tmp_path / 'killed'
-    proc = subprocess.Popen([sys.executable, TRAIN, cfg, '--work-dir', str(wd)], cwd=ROOT,
-                            env=child_env(**env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while per_epoch + 1 not in _logged_losses(wd):  # an iteration of epoch 2 is done
-        assert proc.poll() is None, 'training ended before it could be killed'
-        assert time.time() < deadline, 'epoch 2 did not start within the time limit'
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL
+    wd = tmp_path / 'killed'  # killed once an iteration of epoch 2 is done
+    _train_then_kill(cfg, wd, env, lambda: per_epoch + 1 in _logged_losses(wd),
+                     'epoch 2 did not start')
     assert rt.find_latest_checkpoint(str(wd)).endswith('epoch_1.pth')
 
     resumed = _train(cfg, wd, '--resume', **env)
@@ -554,16 +571,6 @@ def test_epoch_config_with_persistent_workers_resumes_from_an_epoch_boundary(tmp
     assert sorted(after) == list(range(per_epoch + 1, 3 * per_epoch + 1))
     for step, losses in after.items():
         assert losses == reference[step], (step, losses, reference[step])
-
-
-def _logged_losses_in(run_dir):
-    out = {}
-    with open(osp.join(run_dir, 'vis_data', 'scalars.json')) as lines:
-        for line in lines:
-            rec = json.loads(line)
-            if 'loss' in rec:
-                out[rec['step']] = {k: v for k, v in rec.items() if k.startswith('loss')}
-    return out
 
 
 # ------------------------------------------------------------------------ distributed (CPU)

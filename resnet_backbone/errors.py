@@ -1,4 +1,5 @@
 """Argument checks that raise ValueError/TypeError naming parameter, value and what is allowed."""
+import os
 from collections.abc import Sequence
 
 
@@ -13,6 +14,18 @@ def check_bool(name, value):
     if not isinstance(value, bool):
         raise TypeError(f'{name} must be True or False, got {type(value).__name__}: {value!r}')
     return value
+
+
+def env_flag(name, default=True):
+    """An on/off switch from environment variable ``name`` (unset or empty: ``default``)."""
+    value = os.environ.get(name, '').strip().lower()
+    if not value:
+        return default
+    if value in ('1', 'on', 'true', 'yes'):
+        return True
+    if value in ('0', 'off', 'false', 'no'):
+        return False
+    raise ValueError(f'{name}={value!r} is not understood; allowed: 1/on/true or 0/off/false')
 
 
 def check_int(name, value, minimum=None, maximum=None):

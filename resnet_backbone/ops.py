@@ -11,18 +11,17 @@ over the map and, in training, the map the BN would store for its backward;
 gradients reach W, gamma and beta through ``W * s`` and ``b``. Switch:
 :func:`set_fold_bn` or ``RESNET_BACKBONE_FOLD_BN=0``.
 """
-import os
-
 import torch
 import torch.nn.functional as F
+from torch.nn.modules import module as _module
 
 from . import cpu
 from .cpu import conv as cpu_conv
 from .cpu import layout as cpu_layout
+from .errors import env_flag
 from .functional import add_relu, fold_conv_bn, is_channels_last  # noqa: F401  (the seam's)
 
-_fold_bn = os.environ.get('RESNET_BACKBONE_FOLD_BN', '1').strip().lower() not in (
-    '0', 'off', 'false', 'no')
+_fold_bn = env_flag('RESNET_BACKBONE_FOLD_BN')
 
 
 def fold_bn_enabled():
@@ -41,8 +40,7 @@ def set_fold_bn(flag):
 def _hooked(*modules):
     """Whether calling the modules runs hooks (pruning, feature taps) that a fused call
     would skip."""
-    from torch.nn.modules import module
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks) or any(
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks) or any(
         m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 

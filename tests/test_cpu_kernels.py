@@ -50,6 +50,15 @@ def test_switch_and_environment_variable():
     bad = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
                          env=dict(os.environ, RESNET_BACKBONE_CPU_KERNELS='maybe'), cwd=ROOT)
     assert bad.returncode != 0 and 'RESNET_BACKBONE_CPU_KERNELS' in bad.stderr
+    # the BN-fold switch reads its variable the same way
+    probe = 'import resnet_backbone.ops as o; print(o.fold_bn_enabled())'
+    for value, expected in (('0', 'False'), ('on', 'True'), ('maybe', None)):
+        out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                             env=dict(os.environ, RESNET_BACKBONE_FOLD_BN=value), cwd=ROOT)
+        if expected is None:
+            assert out.returncode != 0 and "RESNET_BACKBONE_FOLD_BN='maybe'" in out.stderr
+        else:
+            assert out.stdout.split()[-1:] == [expected], out.stderr[-500:]
 
 
 def test_switched_off_the_network_is_plain_pytorch_in_nchw(kernels_off):

@@ -14,7 +14,8 @@ single routes off, for the A/B benchmarks (``tools/bench/ab.py``) that
 decide which routes earn their place (docs/benchmarks.md).
 """
 import contextlib
-import os
+
+from ..errors import env_flag
 
 ENV = 'RESNET_BACKBONE_CPU_KERNELS'
 PATHS = {
@@ -26,16 +27,7 @@ PATHS = {
 }
 
 
-def _from_env():
-    value = os.environ.get(ENV, '1').strip().lower()
-    if value in ('1', 'on', 'true', 'yes', ''):
-        return True
-    if value in ('0', 'off', 'false', 'no'):
-        return False
-    raise ValueError(f'{ENV}={value!r} is not understood; allowed: 1/on/true or 0/off/false')
-
-
-_enabled = _from_env()
+_enabled = env_flag(ENV)
 _disabled_paths = set()
 
 

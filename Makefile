@@ -18,8 +18,8 @@ test: setup
 	$(PY) -m pytest -q tests
 
 benchmark: setup
-	$(PY) tools/benchmark.py --detector --only '*/eager/*,eval/*/nchw/compiled/*' --out docs/benchmarks.json --markdown docs/benchmarks.md
-	$(PY) tools/benchmark.py --modes detector --detector-size 320x320 --detector-repeats 9 --title 'CPU: Mask R-CNN on small images (2x3x320x320)' --out docs/benchmarks_detector_320.json --markdown docs/benchmarks.md --markdown-section cpu-detector-320
+	$(PY) tools/benchmark.py --detector --dtypes fp32 --only '*/eager/*,eval/*/nchw/compiled/*' --out docs/benchmarks.json --markdown docs/benchmarks.md
+	$(PY) tools/benchmark.py --modes detector --dtypes fp32 --detector-size 320x320 --detector-repeats 9 --title 'CPU: Mask R-CNN on small images (2x3x320x320)' --out docs/benchmarks_detector_320.json --markdown docs/benchmarks.md --markdown-section cpu-detector-320
 
 clean-env:
 	rm -rf .venv

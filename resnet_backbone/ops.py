@@ -10,7 +10,15 @@ map, so ``bn(conv(x, W))`` is ``conv(x, W * s) + b``. That spares the BN pass
 over the map and, in training, the map the BN would store for its backward;
 gradients reach W, gamma and beta through ``W * s`` and ``b``. Switch:
 :func:`set_fold_bn` or ``RESNET_BACKBONE_FOLD_BN=0``.
+
+A stage's no-grad forward runs inside :func:`reusing_maps`: there a map that
+``conv_norm`` made and that comes back as a residual ``add`` is dead after the
+sum, and the CPU kernels write the sum into it instead of a fresh map.
 """
+import contextlib
+import threading
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as _module
@@ -22,6 +30,7 @@ from .errors import env_flag
 from .functional import add_relu, fold_conv_bn, is_channels_last  # noqa: F401  (the seam's)
 
 _fold_bn = env_flag('RESNET_BACKBONE_FOLD_BN')
+_scope = threading.local()  # .made: weak references to the maps conv_norm made in reusing_maps
 
 
 def fold_bn_enabled():
@@ -46,7 +55,21 @@ def _hooked(*modules):
 
 def conv_norm(x, conv, norm, relu=False, add=None):
     """``relu(norm(conv(x)) + add)``, each part where asked; the norm folded where it can be
-    (modules with forward hooks are called as they are)."""
+    (modules with forward hooks are called as they are). Inside :func:`reusing_maps`, an
+    ``add`` that this function made may be overwritten with the result."""
+    made = getattr(_scope, 'made', None)
+    if made is None:
+        return _conv_norm(x, conv, norm, relu, add)
+    if add is not None and any(ref() is add for ref in made):
+        out = cpu_conv.conv_norm_into(add, x, conv, norm, relu)
+        if out is not None:
+            return out
+    out = _conv_norm(x, conv, norm, relu, add)
+    made.append(weakref.ref(out))
+    return out
+
+
+def _conv_norm(x, conv, norm, relu, add):
     if _hooked(conv, norm):
         return add_relu(norm(conv(x)), relu, add)
     params = fold_conv_bn(conv, norm) if _fold_bn else None
@@ -60,6 +83,26 @@ def conv_norm(x, conv, norm, relu=False, add=None):
         out = F.conv2d(x, params[0], params[1], conv.stride, conv.padding, conv.dilation,
                        conv.groups)
     return add_relu(out, relu, add)
+
+
+@contextlib.contextmanager
+def reusing_maps(module):
+    """The scope of ``module``'s no-grad forward (a stage) in which the maps ``conv_norm``
+    makes are the network's own: each is read by the blocks and, where it comes back as a
+    residual ``add``, dead after that sum, so the sum may be written into it. Large fresh
+    maps cost page faults on CPU (docs/cpu_kernels.md). Inactive with gradients, under
+    torch.compile, with the route off, or where a forward hook in ``module`` could keep a
+    map."""
+    if torch.compiler.is_compiling() or torch.is_grad_enabled() \
+            or not (cpu.path_on('reuse') and _fold_bn) \
+            or getattr(_scope, 'made', None) is not None or _hooked(*module.modules()):
+        yield
+        return
+    _scope.made = []
+    try:
+        yield
+    finally:
+        _scope.made = None
 
 
 def prefers_channels_last(device):

@@ -3,6 +3,7 @@ from mmcv.cnn import build_conv_layer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import ops
 from .blocks import ResidualBlock
 from .errors import check_bool, check_int
 from .norms import build_norm
@@ -36,6 +37,10 @@ class ResStage(nn.Sequential):
         super().__init__(*blocks)
 
     def forward(self, x):
+        with ops.reusing_maps(self):
+            return self._run(x)
+
+    def _run(self, x):
         blocks = list(self)
         i = 0
         while i < len(blocks):

@@ -328,6 +328,18 @@ def test_ab_of_a_cpu_route_runs_both_arms_in_one_run(tmp_path):
     assert cpu.enabled() and all(cpu.path_on(r) for r in cpu.PATHS)  # all back on
 
 
+def test_ab_of_a_memory_route_runs_each_arm_in_its_own_processes(tmp_path):
+    """--ab reuse: each arm in processes of its own, beside MMDetection's ResNet; the row
+    gives both arms' ratio to MMDetection."""
+    md = tmp_path / 'ab.md'
+    result, _ = quiet_main(['--ab', 'reuse', '--tiny', '--repeats', '1', '--markdown', str(md)])
+    (row,) = result['rows']
+    assert (row['route'], row['rounds']) == ('reuse', 1)
+    assert row['on_vs_mmdet'] > 0 and row['off_vs_mmdet'] > 0
+    assert row['gain'] == pytest.approx(row['off_s'] / row['on_s'] - 1)
+    assert 'on / off vs MMDetection' in md.read_text()
+
+
 def test_cpu_peak_memory_counts_what_the_step_holds():
     meter = benchmark.PeakMemory(torch.device('cpu'))
     keep = []

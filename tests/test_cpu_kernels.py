@@ -147,10 +147,65 @@ def test_inference_never_writes_into_its_input_or_what_hooks_saw():
         before = x.clone()
         model.layer1[1](x)  # no downsample: the shortcut is x itself
         model.layer2(model.layer1(x))
-        copies = {k: v.clone() for k, v in kept.items()}
-        model.layer2(model.layer1(x))
+        with cpu.paths_disabled('reuse'):  # what the hooks saw, computed apart
+            want = {'out': model.layer1[0](x), 'in': model.layer2[0](model.layer1[1](
+                model.layer1[0](x)))}
     assert torch.equal(x, before)
-    assert len(kept) == 2 and all(torch.equal(kept[k], v) for k, v in copies.items())
+    assert len(kept) == 2
+    for k, v in want.items():
+        torch.testing.assert_close(kept[k], v, rtol=1e-6, atol=1e-6)
+
+
+def _reused(fn):
+    """(fn's result, how many convs wrote their residual sum into the map they added)."""
+    with OpCounter() as ops:
+        out = fn()
+    return out, ops.exactly('mkldnn._convolution_pointwise_')
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_stages_write_residual_sums_into_their_own_dead_maps(depth):
+    """reuse: in a no-grad stage the last conv of a block writes its sum into the shortcut
+    map when the stage made it (a projection, or the previous block's output), never into
+    the stage's input or a map given back; results equal the route switched off."""
+    model = randomize(ResNetBackbone(depth=depth, base_channels=16, frozen_stages=4)).eval()
+    x = torch.randn(2, 3, 64, 96)
+    stage_in = torch.randn(2, 16, 16, 24).contiguous(memory_format=CL)  # the stem's width
+    with torch.no_grad():
+        kept = stage_in.clone()
+        outs, on = _reused(lambda: model(x))
+        first = [o.clone() for o in outs]
+        stage_out, stage_on = _reused(lambda: model.layer1(stage_in))
+        again = model(x)
+        with cpu.paths_disabled('reuse'):
+            off_outs, off = _reused(lambda: model(x))
+            off_stage_out = model.layer1(stage_in)
+    blocks = sum(len(getattr(model, f'layer{i}')) for i in range(1, 5))
+    # every block but R-18's layer1.0 (its shortcut is the stage's input)
+    assert on == blocks - (depth == 18) and off == 0
+    assert stage_on == len(model.layer1) - (depth == 18)
+    assert torch.equal(stage_in, kept)  # the stage's input is never written
+    assert all(torch.equal(a, b) for a, b in zip(outs, first))  # not overwritten later
+    assert rel_diff(again, first) == 0
+    assert rel_diff(outs, off_outs) < 1e-5 and rel_diff([stage_out], [off_stage_out]) < 1e-5
+
+
+def test_no_map_reuse_with_gradients_hooks_or_the_fold_off():
+    from resnet_backbone import ops
+    model = randomize(ResNetBackbone(depth=50, base_channels=16, frozen_stages=4)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert _reused(lambda: model(x))[1] > 0
+        previous = ops.set_fold_bn(False)
+        try:
+            assert _reused(lambda: model(x))[1] == 0
+        finally:
+            ops.set_fold_bn(previous)
+        blocks = sum(len(getattr(model, f'layer{i}')) for i in range(1, 5))
+        handle = model.layer3[2].bn1.register_forward_hook(lambda *a: None)
+        assert _reused(lambda: model(x))[1] == blocks - len(model.layer3)  # a hook could keep
+        handle.remove()
+    assert _reused(lambda: model(x))[1] == 0  # grad mode on: nothing is reused
 
 
 # ------------------------------------------------------- convs with gradients

@@ -140,6 +140,7 @@ def parse_args(argv=None):
     p.add_argument('--ab', type=_choices(tuple(ab.TARGETS)),
                    help='instead: A/B of CPU kernel routes (comma-separated; all = the whole '
                         'switch), each on the steps and sizes it targets, --repeats rounds')
+    p.add_argument('--ab-arm', help=argparse.SUPPRESS)  # one process of a per-process A/B
     p.add_argument('--title', help='markdown heading')
     args = p.parse_args(argv)
     defaults = TINY if args.tiny else FULL
@@ -186,6 +187,9 @@ def _main(argv, log, progress):
         return result
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ab_arm:  # prints the arm's medians as one JSON line
+        print(json.dumps(ab.arm(args.ab_arm, 2 if args.tiny else ab.STEPS_PER_PROCESS)))
+        return None
     if args.ab:
         return run_ab(args, argv, log)
     device = torch.device(args.device)

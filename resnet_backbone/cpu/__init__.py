@@ -23,6 +23,7 @@ PATHS = {
     'nchw_copy': 'channels_last outputs handed back as NCHW by a blocked copy on all threads',
     'train_post_ops': 'convs with gradients: residual sum and ReLU as oneDNN post-ops',
     'gemm_weight_grad': 'weight gradient of the strided 3x3 convs as one GEMM per tap',
+    'reuse': "no-grad residual sums written into the dead map they add (a stage's own)",
     'winograd': "wide 3x3 stride-1 training convs by Winograd's F(2x2, 3x3)",
 }
 

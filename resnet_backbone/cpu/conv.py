@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..functional import add_relu, is_channels_last
+from ..functional import add_relu, fold_conv_bn, is_channels_last
 from . import path_on
 from .layout import fill_with_zero_border
 from .winograd import WinogradConv3x3, tile_grid
 
+CL = torch.channels_last
 MIN_CHANNELS = 128  # GEMM weight gradient: below it oneDNN's was as fast
 WINOGRAD_MIN_CHANNELS = 256  # at 128 channels the transforms cost more than they save
 WINOGRAD_MIN_TILES = 400  # 2x2 output tiles over the batch
@@ -53,6 +54,22 @@ def conv_norm(x, conv, norm, params, relu, add):
         out = conv2d(x, conv.weight, conv.bias, conv)
         return None if out is None else add_relu(norm(out), relu, add)
     return conv2d(x, *params, conv, relu, add)
+
+
+def conv_norm_into(add, x, conv, norm, relu):
+    """``relu(norm(conv(x)) + add)`` written into ``add`` (no gradients; the norm folded),
+    by oneDNN's in-place sum post-op; None where it does not apply."""
+    params = fold_conv_bn(conv, norm)
+    if params is None or type(conv) is not nn.Conv2d or isinstance(conv.padding, str) \
+            or not applies(x, params[0]) or _needs_grad(x, *params, add) \
+            or not _addable(add) or not params[0].is_contiguous(memory_format=CL) \
+            or add.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        return None
+    unary, algorithm = ('relu', '') if relu else (None, None)
+    # the binary form takes no unary op as None (not 'none')
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        add, x, params[0], params[1], list(conv.padding), list(conv.stride),
+        list(conv.dilation), conv.groups, 'add', 1.0, unary, [], algorithm)
 
 
 def conv2d(x, weight, bias, conv, relu=False, add=None):

@@ -9,9 +9,19 @@ route earns its place with a gain of at least 3% on one of the sizes it targets
 Steps: ``eval`` is a no-grad forward, ``train`` a forward + backward with
 ``frozen_stages=1, norm_eval=True`` (MMDetection's zoo setting); R-50 with
 random weights. ``all`` is every route at once against the switch off.
+
+Routes in ``PER_PROCESS`` change which memory a step maps fresh (page faults);
+there the other arm's frees in the same process would change the result, so
+each arm runs in processes of its own (alternating, ``rounds`` per arm), each
+timing the step beside MMDetection's ResNet as a detector's process would
+(the two alternate). Their rows also give the ratio to MMDetection per arm.
 """
 import contextlib
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -27,9 +37,12 @@ TARGETS = {
     'nchw_copy': (('eval', '800x1216'), ('train', '800x1216')),
     'train_post_ops': (('train', '800x1216'), ('train', '2x512x512'), ('train', '2x320x320')),
     'gemm_weight_grad': (('train', '800x1216'), ('train', '2x512x512'), ('train', '2x320x320')),
+    'reuse': (('eval', '800x1216'), ('eval', '2x512x512'), ('eval', '2x320x320')),
     'winograd': (('train', '800x1216'), ('train', '2x512x512'), ('train', '2x320x320')),
     'all': (('eval', '800x1216'), ('train', '800x1216'), ('train', '2x320x320')),
 }
+PER_PROCESS = {'reuse'}
+STEPS_PER_PROCESS = 3  # timed steps of each model per process, after one warm-up each
 
 
 def route_off(route):
@@ -48,9 +61,10 @@ def route_off(route):
     return switch_off()
 
 
-def make_step(mode, shape, depth=50):
-    from resnet_backbone import ResNetBackbone
-    model = randomize(ResNetBackbone(**backbone_kwargs(depth)))
+def make_step(mode, shape, depth=50, cls=None):
+    if cls is None:
+        from resnet_backbone import ResNetBackbone as cls
+    model = randomize(cls(**backbone_kwargs(depth)))
     x = torch.randn(*shape[:1], 3, *shape[1:], generator=torch.Generator().manual_seed(0))
     tiny = x[..., :32, :32]
 
@@ -61,7 +75,7 @@ def make_step(mode, shape, depth=50):
             model(tiny)
 
     if mode == 'eval':
-        model.eval()
+        model.eval()  # MMDetection's ResNet.eval() returns None: never chain it
 
         def step():
             with torch.no_grad():
@@ -86,7 +100,27 @@ def timed(step, settle, context):
 
 
 def ab(route, mode, size, rounds, log=print):
-    """{'route', 'step', 'size', 'on_s', 'off_s', 'gain', 'rounds'} of one A/B."""
+    """{'route', 'step', 'size', 'on_s', 'off_s', 'gain', 'rounds'} of one A/B (and
+    'on_vs_mmdet', 'off_vs_mmdet' for the routes in PER_PROCESS)."""
+    if route in PER_PROCESS:
+        times, ratios = _per_process(route, mode, size, rounds)
+    else:
+        times, ratios = _in_process(route, mode, size, rounds), None
+    on, off = statistics.median(times['on']), statistics.median(times['off'])
+    row = dict(route=route, step=mode, size=size, on_s=on, off_s=off, gain=off / on - 1,
+               rounds=rounds)
+    note = ''
+    if ratios:
+        row.update(on_vs_mmdet=statistics.median(ratios['on']),
+                   off_vs_mmdet=statistics.median(ratios['off']))
+        note = (f'  vs MMDetection on {row["on_vs_mmdet"]:.3f}x off {row["off_vs_mmdet"]:.3f}x'
+                ', an arm per process')
+    log(f'{route:17s} {mode:5s} {size:9s}  on {on * 1e3:8.1f} ms  off {off * 1e3:8.1f} ms  '
+        f'gain {row["gain"]:+6.1%}  (medians of {rounds}){note}')
+    return row
+
+
+def _in_process(route, mode, size, rounds):
     step, settle = make_step(mode, SIZES[size])
     times = {'on': [], 'off': []}
     for r in range(rounds + 1):
@@ -96,12 +130,42 @@ def ab(route, mode, size, rounds, log=print):
             elapsed = timed(step, settle, context)
             if r:
                 times[arm].append(elapsed)
-    on, off = statistics.median(times['on']), statistics.median(times['off'])
-    row = dict(route=route, step=mode, size=size, on_s=on, off_s=off, gain=off / on - 1,
-               rounds=rounds)
-    log(f'{route:17s} {mode:5s} {size:9s}  on {on * 1e3:8.1f} ms  off {off * 1e3:8.1f} ms  '
-        f'gain {row["gain"]:+6.1%}  (medians of {rounds})')
-    return row
+    return times
+
+
+def _per_process(route, mode, size, rounds):
+    """Each arm's per-process medians of ours and of ours / MMDetection's ratio."""
+    times, ratios = {'on': [], 'off': []}, {'on': [], 'off': []}
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        'benchmark.py')
+    for r in range(rounds):
+        for arm in (('on', 'off') if r % 2 == 0 else ('off', 'on')):
+            out = subprocess.run([sys.executable, tool, '--ab-arm',
+                                  f'{route}:{arm}:{mode}:{size}'],
+                                 capture_output=True, text=True, check=True)
+            arm_times = json.loads(out.stdout.strip().splitlines()[-1])
+            times[arm].append(arm_times['ours'])
+            ratios[arm].append(arm_times['mmdet'] / arm_times['ours'])
+    return times, ratios
+
+
+def arm(spec, steps=STEPS_PER_PROCESS):
+    """One process of a PER_PROCESS A/B (``route:on|off:step:size``): the medians (s) of
+    ours and of MMDetection's ResNet, one step of each in turn."""
+    from .common import mmdet_resnet
+    route, side, mode, size = spec.split(':')
+    ours, settle = make_step(mode, SIZES[size])
+    mmdet, _ = make_step(mode, SIZES[size], cls=mmdet_resnet()[0])
+    times = {'ours': [], 'mmdet': []}
+    with contextlib.nullcontext() if side == 'on' else route_off(route):
+        settle()
+        for i in range(steps + 1):
+            for name, step in (('ours', ours), ('mmdet', mmdet))[::1 if i % 2 else -1]:
+                start = time.perf_counter()
+                step()
+                if i:
+                    times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def run(routes, rounds, log=print, only=None):
@@ -120,11 +184,18 @@ def markdown(result):
              '', f"Command: `{result['command']}`", '',
              '| route | step | size | on (ms) | off (ms) | gain | keeps its place (>= 3%) |',
              '|---|---|---|---|---|---|---|']
+    if any('on_vs_mmdet' in r for r in rows):
+        lines[-2:] = ['| route | step | size | on (ms) | off (ms) | gain | on / off vs '
+                      'MMDetection | keeps its place (>= 3%) |', '|---' * 8 + '|']
     best = {}
     for r in rows:
         best[r['route']] = max(best.get(r['route'], -1.0), r['gain'])
     for r in rows:
+        vs = ''
+        if any('on_vs_mmdet' in r for r in rows):
+            vs = (f" {r['on_vs_mmdet']:.3f}x / {r['off_vs_mmdet']:.3f}x |" if 'on_vs_mmdet' in r
+                  else ' |')
         lines.append(f"| {r['route']} | {r['step']} | {r['size']} | {r['on_s'] * 1e3:.1f} | "
-                     f"{r['off_s'] * 1e3:.1f} | {r['gain']:+.1%} | "
+                     f"{r['off_s'] * 1e3:.1f} | {r['gain']:+.1%} |{vs} "
                      f"{'yes' if best[r['route']] >= 0.03 else 'no'} |")
     return '\n'.join(lines) + '\n'

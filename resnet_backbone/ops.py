@@ -91,18 +91,20 @@ def reusing_maps(module):
     makes are the network's own: each is read by the blocks and, where it comes back as a
     residual ``add``, dead after that sum, so the sum may be written into it. Large fresh
     maps cost page faults on CPU (docs/cpu_kernels.md). Inactive with gradients, under
-    torch.compile, with the route off, or where a forward hook in ``module`` could keep a
-    map."""
-    if torch.compiler.is_compiling() or torch.is_grad_enabled() \
-            or not (cpu.path_on('reuse') and _fold_bn) \
-            or getattr(_scope, 'made', None) is not None or _hooked(*module.modules()):
+    torch.compile, with the route off, where a forward hook in ``module`` could keep a
+    map, and inside another stage's scope."""
+    if torch.compiler.is_compiling():
         yield
         return
-    _scope.made = []
+    active = not torch.is_grad_enabled() and cpu.path_on('reuse') and _fold_bn \
+        and not _hooked(*module.modules())
+    outer = getattr(_scope, 'made', None)
+    # nested (a stage run inside another's scope): no reuse inside, nor of the outer maps
+    _scope.made = [] if active and outer is None else None
     try:
         yield
     finally:
-        _scope.made = None
+        _scope.made = outer
 
 
 def prefers_channels_last(device):

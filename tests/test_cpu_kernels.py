@@ -208,6 +208,20 @@ def test_no_map_reuse_with_gradients_hooks_or_the_fold_off():
     assert _reused(lambda: model(x))[1] == 0  # grad mode on: nothing is reused
 
 
+def test_a_stage_run_inside_another_stages_scope_reuses_nothing():
+    """A stage called within another's scope (e.g. from a plugin) must not write into the
+    outer stage's maps: the outer block may still read them."""
+    from resnet_backbone import ops
+    model = randomize(ResNetBackbone(depth=18, base_channels=16, frozen_stages=4)).eval()
+    x = torch.randn(1, 16, 16, 16).contiguous(memory_format=CL)
+    conv, norm = model.layer1[0].conv1, model.layer1[0].bn1
+    with torch.no_grad(), ops.reusing_maps(model.layer2):
+        outer = ops.conv_norm(x, conv, norm, relu=True)  # a map of the outer scope
+        kept = outer.clone()
+        model.layer1(outer)  # layer1.0 has no projection: its shortcut is ``outer``
+    assert torch.equal(outer, kept)
+
+
 # ------------------------------------------------------- convs with gradients
 def _stage_conv(channels=128, size=(24, 20), kernel=3, stride=1):
     conv = torch.nn.Conv2d(channels, channels, kernel, stride, kernel // 2, bias=True)

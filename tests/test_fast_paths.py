@@ -130,6 +130,17 @@ def test_compile_fullgraph(kw):
     assert max_diff(outs, ref) < 1e-5
 
 
+def test_compile_fullgraph_inference():
+    """No graph break in a no-grad eval forward either (the stage's reuse scope)."""
+    torch._dynamo.reset()
+    model = randomize(ResNetBackbone(depth=18, base_channels=8)).eval()
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        outs, ref = compiled(x), model(x)
+    assert max_diff(outs, ref) < 1e-5
+
+
 def test_weight_layout_follows_setting():
     cl = torch.channels_last
     auto = ResNetBackbone(depth=18)  # CPU: oneDNN prefers channels_last

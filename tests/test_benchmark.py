@@ -338,6 +338,8 @@ def test_ab_of_a_memory_route_runs_each_arm_in_its_own_processes(tmp_path):
     assert row['on_vs_mmdet'] > 0 and row['off_vs_mmdet'] > 0
     assert row['gain'] == pytest.approx(row['off_s'] / row['on_s'] - 1)
     assert 'on / off vs MMDetection' in md.read_text()
+    with pytest.raises(RuntimeError, match=r"A/B arm reuse:on:eval:bogus failed[\s\S]*KeyError"):
+        benchmark.ab._per_process('reuse', 'eval', 'bogus', 1)  # the arm's error is shown
 
 
 def test_cpu_peak_memory_counts_what_the_step_holds():

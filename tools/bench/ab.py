@@ -140,9 +140,12 @@ def _per_process(route, mode, size, rounds):
                         'benchmark.py')
     for r in range(rounds):
         for arm in (('on', 'off') if r % 2 == 0 else ('off', 'on')):
-            out = subprocess.run([sys.executable, tool, '--ab-arm',
-                                  f'{route}:{arm}:{mode}:{size}'],
-                                 capture_output=True, text=True, check=True)
+            spec = f'{route}:{arm}:{mode}:{size}'
+            out = subprocess.run([sys.executable, tool, '--ab-arm', spec],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                raise RuntimeError(f'A/B arm {spec} failed (exit {out.returncode}):\n'
+                                   f'{out.stderr[-2000:]}')
             arm_times = json.loads(out.stdout.strip().splitlines()[-1])
             times[arm].append(arm_times['ours'])
             ratios[arm].append(arm_times['mmdet'] / arm_times['ours'])

@@ -58,23 +58,19 @@ def conv_norm(x, conv, norm, relu=False, add=None):
     (modules with forward hooks are called as they are). Inside :func:`reusing_maps`, an
     ``add`` that this function made may be overwritten with the result."""
     made = getattr(_scope, 'made', None)
-    if made is None:
-        return _conv_norm(x, conv, norm, relu, add)
-    if add is not None and any(ref() is add for ref in made):
-        out = cpu_conv.conv_norm_into(add, x, conv, norm, relu)
-        if out is not None:
-            return out
-    out = _conv_norm(x, conv, norm, relu, add)
-    made.append(weakref.ref(out))
+    add_is_dead = made is not None and add is not None and any(ref() is add for ref in made)
+    out = _conv_norm(x, conv, norm, relu, add, add_is_dead)
+    if made is not None and out is not add:
+        made.append(weakref.ref(out))
     return out
 
 
-def _conv_norm(x, conv, norm, relu, add):
+def _conv_norm(x, conv, norm, relu, add, add_is_dead):
     if _hooked(conv, norm):
         return add_relu(norm(conv(x)), relu, add)
     params = fold_conv_bn(conv, norm) if _fold_bn else None
     if cpu.enabled():
-        out = cpu_conv.conv_norm(x, conv, norm, params, relu, add)
+        out = cpu_conv.conv_norm(x, conv, norm, params, relu, add, add_is_dead)
         if out is not None:
             return out
     if params is None:

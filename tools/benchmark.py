@@ -188,7 +188,7 @@ def _main(argv, log, progress):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ab_arm:  # prints the arm's medians as one JSON line
-        print(json.dumps(ab.arm(args.ab_arm, 2 if args.tiny else ab.STEPS_PER_PROCESS)))
+        print(json.dumps(ab.arm(args.ab_arm)))
         return None
     if args.ab:
         return run_ab(args, argv, log)

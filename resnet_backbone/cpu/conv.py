@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..functional import add_relu, fold_conv_bn, is_channels_last
+from ..functional import add_relu, is_channels_last
 from . import path_on
 from .layout import fill_with_zero_border
 from .winograd import WinogradConv3x3, tile_grid
 
-CL = torch.channels_last
 MIN_CHANNELS = 128  # GEMM weight gradient: below it oneDNN's was as fast
 WINOGRAD_MIN_CHANNELS = 256  # at 128 channels the transforms cost more than they save
 WINOGRAD_MIN_TILES = 400  # 2x2 output tiles over the batch
@@ -41,11 +40,13 @@ def _addable(add):
     return add is None or (add.dtype == torch.float32 and is_channels_last(add))
 
 
-def conv_norm(x, conv, norm, params, relu, add):
+def conv_norm(x, conv, norm, params, relu, add, add_is_dead=False):
     """``relu(norm(conv(x)) + add)`` by a CPU route, or None where none applies.
 
     ``params``: the conv's weight and bias with the norm folded in, or None
     where the norm cannot be folded (then it runs on the conv's output).
+    ``add_is_dead``: nothing reads ``add`` afterwards; without gradients the
+    result is then written into it (route ``reuse``) instead of a fresh map.
     """
     if type(conv) is not nn.Conv2d or isinstance(conv.padding, str) \
             or not applies(x, conv.weight):
@@ -53,23 +54,12 @@ def conv_norm(x, conv, norm, params, relu, add):
     if params is None:
         out = conv2d(x, conv.weight, conv.bias, conv)
         return None if out is None else add_relu(norm(out), relu, add)
+    if add_is_dead and not _needs_grad(x, *params, add) and _addable(add) \
+            and params[0].is_contiguous(memory_format=torch.channels_last) \
+            and add.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+        return convolution_with_post_ops(x, *params, conv.stride, conv.padding, conv.dilation,
+                                         conv.groups, relu, add, add_in_place=True)
     return conv2d(x, *params, conv, relu, add)
-
-
-def conv_norm_into(add, x, conv, norm, relu):
-    """``relu(norm(conv(x)) + add)`` written into ``add`` (no gradients; the norm folded),
-    by oneDNN's in-place sum post-op; None where it does not apply."""
-    params = fold_conv_bn(conv, norm)
-    if params is None or type(conv) is not nn.Conv2d or isinstance(conv.padding, str) \
-            or not applies(x, params[0]) or _needs_grad(x, *params, add) \
-            or not _addable(add) or not params[0].is_contiguous(memory_format=CL) \
-            or add.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-        return None
-    unary, algorithm = ('relu', '') if relu else (None, None)
-    # the binary form takes no unary op as None (not 'none')
-    return torch.ops.mkldnn._convolution_pointwise_.binary(
-        add, x, params[0], params[1], list(conv.padding), list(conv.stride),
-        list(conv.dilation), conv.groups, 'add', 1.0, unary, [], algorithm)
 
 
 def conv2d(x, weight, bias, conv, relu=False, add=None):
@@ -108,15 +98,18 @@ def uses_winograd(x, weight, stride, padding, dilation, groups):
 
 
 def convolution_with_post_ops(x, weight, bias, stride, padding, dilation, groups, relu=False,
-                              add=None):
+                              add=None, add_in_place=False):
     """oneDNN convolution with the bias, ``+ add`` and the ReLU as post-ops (``_CPUConv2d``'s
-    forward; no autograd of its own)."""
+    forward; no autograd of its own). ``add_in_place``: the result is written into ``add``."""
     geometry = (list(padding), list(stride), list(dilation), groups)
     if add is None:
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry,
                                                        'relu' if relu else 'none', [], '')
     # the binary form takes no unary op as None (not 'none')
     unary, algorithm = ('relu', '') if relu else (None, None)
+    if add_in_place:
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            add, x, weight, bias, *geometry, 'add', 1.0, unary, [], algorithm)
     return torch.ops.mkldnn._convolution_pointwise.binary(
         x, add, weight, bias, *geometry, 'add', 1.0, unary, [], algorithm)
 

@@ -187,7 +187,8 @@ def markdown(result):
              '', f"Command: `{result['command']}`", '',
              '| route | step | size | on (ms) | off (ms) | gain | keeps its place (>= 3%) |',
              '|---|---|---|---|---|---|---|']
-    if any('on_vs_mmdet' in r for r in rows):
+    per_process = any('on_vs_mmdet' in r for r in rows)
+    if per_process:
         lines[-2:] = ['| route | step | size | on (ms) | off (ms) | gain | on / off vs '
                       'MMDetection | keeps its place (>= 3%) |', '|---' * 8 + '|']
     best = {}
@@ -195,7 +196,7 @@ def markdown(result):
         best[r['route']] = max(best.get(r['route'], -1.0), r['gain'])
     for r in rows:
         vs = ''
-        if any('on_vs_mmdet' in r for r in rows):
+        if per_process:
             vs = (f" {r['on_vs_mmdet']:.3f}x / {r['off_vs_mmdet']:.3f}x |" if 'on_vs_mmdet' in r
                   else ' |')
         lines.append(f"| {r['route']} | {r['step']} | {r['size']} | {r['on_s'] * 1e3:.1f} | "
